@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""unet-zoo command line: a thin layer over zoo, segdata and segengine.
+
+Nothing heavy is imported at module level so that `--help` answers at once; each subcommand imports what it needs.
+Errors meant for users carry `user_error = True` and are printed as one line (exit 2) instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _add_plugin_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugin", action="append", default=None, metavar="MOD",
+                   help="import a plugin module or .py file that registers encoders (repeatable)")
+
+
+def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address (auto or HOST:PORT); default: $RAY_ADDRESS, else a local Ray")
+    p.add_argument("--storage", default=None, metavar="PATH_OR_URI",
+                   help="where runs and checkpoints go: a folder, file:// (shared mount), s3://, gs:// "
+                        "(default: ./runs)")
+    p.add_argument("--name", default=None, help="run name (a new name starts a run)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue the run NAME from its latest checkpoint")
+    mode.add_argument("--overwrite", action="store_true", help="delete the run NAME and start again")
+
+
+def _add_training_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, metavar="FILE.yaml", help="config file; flags override it")
+    p.add_argument("--encoder", default=None, help="encoder name (see `launch.py encoders`)")
+    p.add_argument("--data", default=None, metavar="DIR_OR_URI",
+                   help="dataset folder or URI; default: the built-in synthetic membranes (synth)")
+    p.add_argument("--input-size", nargs=2, type=int, default=None, metavar=("H", "W"))
+    p.add_argument("--batch-size", type=int, default=None, help="images per worker per step (not global)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--lr-decay", type=float, default=None, help="exponential LR decay per epoch")
+    p.add_argument("--class-weights", nargs="+", type=float, default=None, metavar="W")
+    p.add_argument("--loss", choices=["ce", "dice", "focal", "ce+dice"], default=None)
+    p.add_argument("--freeze-epochs", type=int, default=None, help="train the decoder only for K epochs")
+    p.add_argument("--metric", default=None, help="metric for best checkpoint/early stopping (default val_miou)")
+    p.add_argument("--mode", choices=["max", "min"], default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--skip-bad", action="store_true", default=None,
+                   help="skip broken image/label pairs with a warning instead of refusing the dataset")
+    _add_plugin_flag(p)
+    _add_cluster_flags(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="launch.py",
+        description="UNet segmentation model zoo, trained on Ray Train and tuned with Ray Tune.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("encoders", help="list registered encoders")
+    p.add_argument("pattern", nargs="?", default="*", help="wildcard, e.g. 'res*' or 'timm-*'")
+    _add_plugin_flag(p)
+
+    data = sub.add_parser("data", help="dataset tools: check, synth, isbi")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    p = dsub.add_parser("check", help="report counts, sizes, class shares and every problem of a dataset")
+    p.add_argument("root", metavar="DIR_OR_URI")
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--label-mode", choices=["index", "threshold"], default=None)
+    p.add_argument("--threshold", type=int, default=None)
+    p.add_argument("--ignore-index", type=int, default=None)
+    p = dsub.add_parser("synth", help="generate the built-in synthetic EM-like membrane dataset")
+    p.add_argument("out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-train", type=int, default=None)
+    p.add_argument("--n-val", type=int, default=None)
+    p.add_argument("--size", type=int, default=None, help="image side in pixels")
+    p = dsub.add_parser("isbi", help="convert the ISBI 2012 multi-page TIFF stacks to a dataset folder")
+    p.add_argument("volume", metavar="VOLUME.tif")
+    p.add_argument("labels", metavar="LABELS.tif")
+    p.add_argument("out")
+    p.add_argument("--val", type=int, default=5, help="last N sections go to the validation split")
+
+    p = sub.add_parser(
+        "train", help="data-parallel training on Ray Train",
+        description="Train a UNet on Ray Train. --workers 0 runs in this process for debugging (checkpoints are "
+                    "still written by the worker function; Ray's failure handling does not apply).")
+    _add_training_flags(p)
+    p.add_argument("--workers", type=int, default=None, help="Ray Train workers (0 = in-process debug mode)")
+
+    p = sub.add_parser("tune", help="hyperparameter search on Ray Tune (the main job)")
+    _add_training_flags(p)
+    p.set_defaults(config=None)  # None = tune_configs/default.yaml next to launch.py
+    p.add_argument("--samples", type=int, default=None, help="number of trials")
+    p.add_argument("--workers-per-trial", type=int, default=None)
+    p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: from resources)")
+
+    p = sub.add_parser("evaluate", help="metrics of a checkpoint on a dataset split")
+    p.add_argument("checkpoint")
+    p.add_argument("--data", required=True, metavar="DIR_OR_URI")
+    p.add_argument("--split", default="val", help="val, test, train or a split FILE")
+    p.add_argument("--workers", type=int, default=1, help=">1 spreads the split over Ray tasks")
+    p.add_argument("--out", default=None, help="folder for JSON/CSV/PNG (default: next to the checkpoint)")
+    p.add_argument("--address", default=None)
+    _add_plugin_flag(p)
+
+    p = sub.add_parser("predict", help="masks, colour masks and overlays for images")
+    p.add_argument("checkpoint")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders or globs")
+    p.add_argument("--out", required=True)
+    p.add_argument("--tile", action="store_true", help="sliding-window inference for large images")
+    p.add_argument("--overlap", type=float, default=0.25)
+    p.add_argument("--counts", action="store_true", help="also write per-class pixel counts (CSV)")
+    _add_plugin_flag(p)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX or TorchScript")
+    p.add_argument("checkpoint")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--out", required=True)
+    _add_plugin_flag(p)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "encoders":
+        from segengine.commands import encoders
+        return encoders(args)
+    if args.command == "data":
+        from segdata import commands
+        return getattr(commands, args.data_command)(args)
+    from segengine import commands
+    return getattr(commands, args.command)(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # user errors become one line; real bugs keep their traceback
+        if getattr(exc, "user_error", False):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

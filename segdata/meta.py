@@ -1,0 +1,137 @@
+"""Dataset metadata: the label encoding, `dataset.yaml` parsing and the error type shown to users.
+
+After the label mode is applied every label is a uint8 map of class ids with `IGNORE` for pixels that losses and
+metrics skip, so everything downstream (transforms, engine, metrics) handles one encoding only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+IGNORE = 255
+MAX_CLASSES = 255  # class ids 0..254; 255 is IGNORE
+LABEL_MODES = ("index", "threshold")
+
+
+class DataError(ValueError):
+    """A problem with the user's data or data options; launch.py prints it as one line, without a traceback."""
+
+    user_error = True
+
+
+def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
+    """The Pascal VOC colour map, so VOC colours match and other sets get distinct colours without a config."""
+    ids = np.arange(num_classes)
+    rgb = np.zeros((num_classes, 3), dtype=np.int64)
+    for bit in range(8):
+        for channel in range(3):
+            rgb[:, channel] |= ((ids >> (3 * bit + channel)) & 1) << (7 - bit)
+    return [tuple(int(v) for v in row) for row in rgb]
+
+
+@dataclass
+class DatasetMeta:
+    """What a dataset's labels mean; stored in checkpoint manifests so predictions can be decoded later."""
+
+    root: str
+    classes: list[str]
+    label_mode: str = "index"
+    threshold: int = 127
+    target_below: bool = True
+    ignore_index: int = IGNORE
+    colors: list[tuple[int, int, int]] = field(default_factory=list)
+    in_channels: int = 3
+    inferred: list[str] = field(default_factory=list)
+    layout: str = "tutorial"
+
+    def __post_init__(self) -> None:
+        self.classes = [str(name) for name in self.classes]
+        if not 1 <= len(self.classes) <= MAX_CLASSES:
+            raise DataError(f"{len(self.classes)} classes: between 1 and {MAX_CLASSES} are supported")
+        if self.label_mode not in LABEL_MODES:
+            raise DataError(f"label_mode {self.label_mode!r}: use one of {', '.join(LABEL_MODES)}")
+        if self.label_mode == "threshold" and len(self.classes) != 2:
+            raise DataError(f"threshold mode makes binary masks: it needs 2 classes, got {self.classes}")
+        if self.in_channels not in (1, 3):
+            raise DataError(f"in_channels {self.in_channels}: images must be grey (1) or RGB (3)")
+        self.colors = [tuple(int(v) for v in color) for color in self.colors] or default_palette(self.num_classes)
+        if len(self.colors) < self.num_classes:
+            raise DataError(f"colors has {len(self.colors)} entries for {self.num_classes} classes: give one "
+                            "[R, G, B] per class")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def label_lut(self) -> np.ndarray:
+        """A 256-entry table from raw label values to class ids / IGNORE: applying a label mode is one lookup."""
+        values = np.arange(256)
+        if self.label_mode == "threshold":
+            target = values <= self.threshold if self.target_below else values > self.threshold
+            return target.astype(np.uint8)
+        lut = np.full(256, IGNORE, dtype=np.uint8)
+        lut[: self.num_classes] = values[: self.num_classes]
+        lut[self.ignore_index] = IGNORE
+        return lut
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["colors"] = [list(color) for color in self.colors]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DatasetMeta:
+        names = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in names})
+
+
+YAML_KEYS = ("classes", "num_classes", "label_mode", "threshold", "target_below", "ignore_index", "colors",
+             "images", "labels")
+
+
+def parse_dataset_yaml(text: str, source: str) -> dict[str, Any]:
+    """Validate a dataset.yaml; every message names the file and the key so the fix is obvious."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise DataError(f"{source}: not valid YAML ({exc})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise DataError(f"{source}: expected a mapping of keys ({', '.join(YAML_KEYS)})")
+    for key in data:
+        if key not in YAML_KEYS:
+            raise DataError(f"{source}: unknown key {key!r}; allowed keys: {', '.join(YAML_KEYS)}")
+
+    def fail(key: str, expected: str) -> DataError:
+        return DataError(f"{source}: {key}: expected {expected}, got {data[key]!r}")
+
+    def is_int(value: Any, low: int, high: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+    checks = {
+        "classes": (lambda v: isinstance(v, list) and 0 < len(v) <= MAX_CLASSES
+                    and all(isinstance(n, (str, int)) for n in v), f"a list of 1 to {MAX_CLASSES} class names"),
+        "num_classes": (lambda v: is_int(v, 1, MAX_CLASSES), f"an integer from 1 to {MAX_CLASSES}"),
+        "label_mode": (lambda v: v in LABEL_MODES, " or ".join(LABEL_MODES)),
+        "threshold": (lambda v: is_int(v, 0, 254), "an integer grey level from 0 to 254"),
+        "target_below": (lambda v: isinstance(v, bool), "true or false"),
+        "ignore_index": (lambda v: is_int(v, 0, 255), "an integer from 0 to 255"),
+        "colors": (lambda v: isinstance(v, list) and all(
+            isinstance(c, list) and len(c) == 3 and all(is_int(x, 0, 255) for x in c) for c in v),
+            "a list of [R, G, B] triples (0..255)"),
+        "images": (lambda v: isinstance(v, str) and v != "", "a folder name relative to the dataset"),
+        "labels": (lambda v: isinstance(v, str) and v != "", "a folder name relative to the dataset"),
+    }
+    for key, (valid, expected) in checks.items():
+        if key in data and not valid(data[key]):
+            raise fail(key, expected)
+    if "classes" in data and "num_classes" in data and len(data["classes"]) != data["num_classes"]:
+        raise DataError(f"{source}: num_classes is {data['num_classes']} but classes lists "
+                        f"{len(data['classes'])} names; keep one of the two keys")
+    return data

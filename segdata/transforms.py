@@ -1,0 +1,171 @@
+"""The tutorial's augmentation (get_random_data) and letterbox preprocessing, vectorised.
+
+Resize, flip and placement are one `cv2.warpAffine` per array into the visible window only, so a 2x zoom costs
+no more than the output; colour jitter is uint8 lookup tables; normalisation is a float lookup table that also
+writes the channel-first layout. Padding is IGNORE in labels (the tutorial pads with 0, which its threshold step
+turns into membrane).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from segdata.meta import IGNORE
+
+PAD_GREY = 128
+
+
+def _normalisation_table(mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """C x 256 float32: (value - mean) / std for every uint8 value of every channel."""
+    mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+    if mean.ndim != 1 or mean.shape != std.shape or not np.all(std > 0):
+        raise ValueError(f"mean {mean.tolist()} and std {std.tolist()}: one value per channel, std > 0")
+    return ((np.arange(256)[None, :] - mean[:, None]) / std[:, None]).astype(np.float32)
+
+
+def _normalise(image: np.ndarray, table: np.ndarray, value_lut: np.ndarray | None = None) -> np.ndarray:
+    """H x W x C uint8 -> C x H x W float32 through lookup tables (value_lut folds a grey value jitter in)."""
+    channels = image.shape[2]
+    if channels != table.shape[0]:
+        raise ValueError(f"image has {channels} channel(s) but mean/std give {table.shape[0]}")
+    out = np.empty((channels, *image.shape[:2]), np.float32)
+    for c in range(channels):
+        lut = table[c] if value_lut is None else table[c][value_lut]
+        np.take(lut, image[:, :, c], out=out[c])
+    return out
+
+
+def _place(image: np.ndarray, label: np.ndarray | None, size: tuple[int, int], out_hw: tuple[int, int],
+           offset: tuple[int, int], flip: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Resize image (bicubic) and label (nearest) to size=(nh, nw), optionally mirror, and put them at
+    offset=(dy, dx) on an out_hw canvas of grey 128 / IGNORE. Parts off the canvas are cropped."""
+    (nh, nw), (h, w), (dy, dx) = size, out_hw, offset
+    ih, iw = image.shape[:2]
+    canvas = np.full((h, w, image.shape[2]), PAD_GREY, np.uint8)
+    label_canvas = None if label is None else np.full((h, w), IGNORE, np.uint8)
+    x0, x1, y0, y1 = max(dx, 0), min(dx + nw, w), max(dy, 0), min(dy + nh, h)
+    if x1 <= x0 or y1 <= y0:
+        return canvas, label_canvas
+    sx, sy = nw / iw, nh / ih
+    # source pixel centre -> canvas pixel centre (cv2.resize's convention), shifted into the visible window
+    if flip:
+        ax, bx = -sx, dx + nw - 0.5 - 0.5 * sx
+    else:
+        ax, bx = sx, dx + 0.5 * sx - 0.5
+    matrix = np.array([[ax, 0.0, bx - x0], [0.0, sy, dy + 0.5 * sy - 0.5 - y0]])
+    window = (x1 - x0, y1 - y0)
+    warped = cv2.warpAffine(image, matrix, window, flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+    canvas[y0:y1, x0:x1] = warped.reshape(y1 - y0, x1 - x0, image.shape[2])
+    if label is not None:
+        label_canvas[y0:y1, x0:x1] = cv2.warpAffine(label, matrix, window, flags=cv2.INTER_NEAREST,
+                                                    borderMode=cv2.BORDER_REPLICATE)
+    return canvas, label_canvas
+
+
+def _jitter_factor(rng: np.random.Generator, limit: float) -> float:
+    """The tutorial's saturation/value factor: in [1, limit] or its inverse, each half of the time."""
+    factor = rng.uniform(1, limit)
+    return factor if rng.uniform() < 0.5 else 1 / factor
+
+
+class TrainTransform:
+    """Training augmentation with the tutorial's defaults (aspect jitter, scale, placement, flip, HSV jitter)."""
+
+    def __init__(self, input_size: tuple[int, int], mean: Sequence[float], std: Sequence[float], *,
+                 jitter: float = 0.3, scale: tuple[float, float] = (0.25, 2.0), flip: float = 0.5,
+                 hue: float = 0.1, sat: float = 1.5, val: float = 1.5, crop: bool = False) -> None:
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.table = _normalisation_table(mean, std)
+        self.jitter, self.scale, self.flip = jitter, (float(scale[0]), float(scale[1])), flip
+        self.hue, self.sat, self.val, self.crop = hue, sat, val, crop
+
+    def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """image H x W x C uint8, label H x W uint8 class ids -> (C x h x w float32, h x w int64)."""
+        h, w = self.input_size
+        if self.crop and (image.shape[0] > h or image.shape[1] > w):
+            top = int(rng.integers(0, max(image.shape[0] - h, 0) + 1))
+            left = int(rng.integers(0, max(image.shape[1] - w, 0) + 1))
+            image, label = image[top:top + h, left:left + w], label[top:top + h, left:left + w]
+        ih, iw = image.shape[:2]
+        aspect = iw / ih * rng.uniform(1 - self.jitter, 1 + self.jitter) / rng.uniform(1 - self.jitter,
+                                                                                        1 + self.jitter)
+        scale = rng.uniform(*self.scale)
+        if aspect < 1:
+            nh = int(scale * h)
+            nw = int(nh * aspect)
+        else:
+            nw = int(scale * w)
+            nh = int(nw / aspect)
+        nh, nw = max(nh, 1), max(nw, 1)
+        dx, dy = int(rng.uniform(0, w - nw)), int(rng.uniform(0, h - nh))
+        flip = rng.uniform() < self.flip
+        hue_shift = rng.uniform(-self.hue, self.hue)
+        sat, val = _jitter_factor(rng, self.sat), _jitter_factor(rng, self.val)
+
+        canvas, label_canvas = _place(image, label, (nh, nw), (h, w), (dy, dx), flip)
+        values = np.arange(256, dtype=np.float64)
+        value_lut = np.clip(values * val, 0, 255).astype(np.uint8)
+        if canvas.shape[2] == 1:  # grey: only the value (brightness) jitter applies
+            return _normalise(canvas, self.table, value_lut), label_canvas.astype(np.int64)
+        hsv_lut = np.stack([((values + hue_shift * 180) % 180).astype(np.uint8),
+                            np.clip(values * sat, 0, 255).astype(np.uint8), value_lut], axis=1)[None]
+        hsv = cv2.LUT(cv2.cvtColor(canvas, cv2.COLOR_RGB2HSV), hsv_lut)
+        return _normalise(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB), self.table), label_canvas.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where an image went in the network input, to map predictions back to the original pixels."""
+
+    original_size: tuple[int, int]  # H, W of the image
+    input_size: tuple[int, int]  # h, w of the network input
+    top: int
+    left: int
+    height: int  # of the resized image inside the input
+    width: int
+
+    def invert(self, array: np.ndarray) -> np.ndarray:
+        """C x h x w scores/logits (bilinear) or an h x w mask (nearest) -> the original H x W."""
+        array = np.asarray(array)
+        rows, cols = slice(self.top, self.top + self.height), slice(self.left, self.left + self.width)
+        out_h, out_w = self.original_size
+        if array.ndim == 2:
+            mask = array[rows, cols]
+            row_index = np.minimum(((np.arange(out_h) + 0.5) * self.height / out_h).astype(np.int64),
+                                   self.height - 1)
+            col_index = np.minimum(((np.arange(out_w) + 0.5) * self.width / out_w).astype(np.int64),
+                                   self.width - 1)
+            return mask[row_index[:, None], col_index[None, :]]
+        if array.ndim != 3:
+            raise ValueError(f"expected C x h x w scores or an h x w mask, got shape {array.shape}")
+        scores = array[:, rows, cols]
+        if scores.shape[1:] == (out_h, out_w):
+            return scores.copy()
+        if scores.dtype not in (np.float32, np.float64):
+            scores = scores.astype(np.float32)
+        resized = cv2.resize(np.ascontiguousarray(scores.transpose(1, 2, 0)), (out_w, out_h),
+                             interpolation=cv2.INTER_LINEAR)
+        return resized.reshape(out_h, out_w, -1).transpose(2, 0, 1)
+
+
+class EvalTransform:
+    """Deterministic letterbox: keep the aspect ratio, centre on grey 128, pad labels with IGNORE."""
+
+    def __init__(self, input_size: tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> None:
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.table = _normalisation_table(mean, std)
+
+    def __call__(self, image: np.ndarray, label: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray | None, Letterbox]:
+        (h, w), (ih, iw) = self.input_size, image.shape[:2]
+        scale = min(w / iw, h / ih)
+        nw, nh = max(int(iw * scale), 1), max(int(ih * scale), 1)
+        box = Letterbox((ih, iw), (h, w), (h - nh) // 2, (w - nw) // 2, nh, nw)
+        canvas, label_canvas = _place(image, label, (nh, nw), (h, w), (box.top, box.left), flip=False)
+        y = None if label_canvas is None else label_canvas.astype(np.int64)
+        return _normalise(canvas, self.table), y, box

@@ -1,0 +1,85 @@
+"""What a person reads in a run folder: history.csv, loss.png, miou.png, TensorBoard events, workers.json.
+
+Written by rank 0 after every epoch from the full history (which travels inside checkpoints), so a resumed run
+rewrites the files with every epoch exactly once. Object-storage runs stage files locally and upload them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from segengine import storage
+
+
+def plot_curves(history: list[dict[str, Any]], keys: list[str], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    epochs = [h["epoch"] for h in history]
+    for key in keys:
+        ax.plot(epochs, [h.get(key, float("nan")) for h in history], marker="o", label=key)
+    ax.set_xlabel("epoch")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def history_csv(history: list[dict[str, Any]]) -> str:
+    keys = list(dict.fromkeys(k for h in history for k in h))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(history)
+    return out.getvalue()
+
+
+class RunArtifacts:
+    def __init__(self, run_dir: str, class_names: list[str]):
+        self.run_dir = run_dir
+        self.class_names = class_names
+        self._staging = tempfile.mkdtemp(prefix="unet-zoo-run-") if storage.is_uri(run_dir) else None
+        self.local = Path(self._staging or run_dir)
+        self.local.mkdir(parents=True, exist_ok=True)
+        self._tb = None
+
+    def _writer(self):
+        if self._tb is None:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.local / "tensorboard"), flush_secs=5)
+        return self._tb
+
+    def write_workers(self, ips: list[str]) -> None:
+        (self.local / "workers.json").write_text(json.dumps({"worker_ips": ips}, indent=2))
+        self._sync()
+
+    def epoch_done(self, history: list[dict[str, Any]], checkpoint_path: str | None, scores: dict) -> None:
+        last = history[-1]
+        storage.write_bytes(str(self.local / "history.csv"), history_csv(history).encode())
+        plot_curves(history, ["train_loss", "val_loss"], "loss", self.local / "loss.png")
+        plot_curves(history, ["val_miou"], "validation mIoU", self.local / "miou.png")
+        tb = self._writer()
+        step = last["epoch"]
+        for key in ("train_loss", "val_loss", "val_miou", "val_pixel_acc", "val_f_score", "lr", "images_per_s"):
+            tb.add_scalar(key, last[key], step)
+        for name, iou in scores["iou"].items():
+            tb.add_scalar(f"val_iou/{name}", iou, step)
+        tb.flush()
+        summary = {"epochs_done": step, "last": last, "latest_checkpoint": checkpoint_path}
+        (self.local / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        self._sync()
+
+    def _sync(self) -> None:
+        if self._staging is not None:
+            storage.upload_dir(self._staging, self.run_dir)

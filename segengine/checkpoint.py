@@ -1,0 +1,173 @@
+"""Checkpoints: a folder with `state.pt` (tensors and plain containers, loadable with weights_only=True) and
+`manifest.json` (what inference needs to rebuild the model, plus the resolved config).
+
+Completeness is checked, not assumed: the manifest is written last and records the SHA-256 of `state.pt`, and local
+writes go through a temporary sibling folder renamed into place. A folder missing either file, or whose state does
+not match its hash, is reported as incomplete instead of being loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from segengine import storage
+
+STATE_FILE = "state.pt"
+MANIFEST_FILE = "manifest.json"
+MANIFEST_VERSION = 1
+PREFIX = "checkpoint_epoch_"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, incomplete, corrupt or cannot be rebuilt; one line for the CLI."""
+
+    user_error = True
+
+
+def dir_name(epoch: int) -> str:
+    return f"{PREFIX}{epoch:04d}"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write(directory: str | Path, state: dict[str, Any], manifest: dict[str, Any]) -> Path:
+    """Write a checkpoint folder atomically: into a temporary sibling, manifest last, then rename."""
+    target = Path(directory)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        torch.save(state, tmp / STATE_FILE)
+        full = {**manifest, "manifest_version": MANIFEST_VERSION, "state_sha256": _sha256(tmp / STATE_FILE)}
+        (tmp / MANIFEST_FILE).write_text(json.dumps(full, indent=2, sort_keys=True, default=str))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _local_copy(path: str) -> tuple[Path, tempfile.TemporaryDirectory | None]:
+    if not storage.is_uri(path):
+        return Path(path), None
+    holder = tempfile.TemporaryDirectory(prefix="unet-zoo-ckpt-")
+    storage.download_dir(path, holder.name)
+    return Path(holder.name), holder
+
+
+def read_manifest(path: str) -> dict[str, Any]:
+    target = storage.join(path, MANIFEST_FILE)
+    if not storage.exists(target):
+        raise CheckpointError(f"{path}: no {MANIFEST_FILE}; not a checkpoint folder, or an incomplete one")
+    try:
+        return json.loads(storage.read_text(target))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{target}: corrupt manifest ({exc})") from None
+
+
+def load(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(state, manifest) of a complete checkpoint, verified against the manifest's hash."""
+    path = storage.resolve(str(path))
+    if not storage.exists(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    local, holder = _local_copy(path)
+    try:
+        manifest = read_manifest(str(local))
+        state_file = local / STATE_FILE
+        if not state_file.is_file():
+            raise CheckpointError(f"{path}: {STATE_FILE} is missing; the checkpoint is incomplete")
+        if manifest.get("state_sha256") != _sha256(state_file):
+            raise CheckpointError(f"{path}: {STATE_FILE} does not match its manifest (truncated or corrupt); "
+                                  "use an earlier checkpoint")
+        try:
+            state = torch.load(state_file, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises several types for unreadable or unsafe pickles
+            raise CheckpointError(f"{path}: cannot load {STATE_FILE} safely ({type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0]})") from None
+        return state, manifest
+    finally:
+        if holder is not None:
+            holder.cleanup()
+
+
+def is_complete(path: str) -> bool:
+    try:
+        manifest = read_manifest(path)
+    except CheckpointError:
+        return False
+    return "state_sha256" in manifest and storage.exists(storage.join(path, STATE_FILE))
+
+
+def list_complete(run_dir: str) -> list[str]:
+    """Complete checkpoint folders of a run, oldest epoch first."""
+    names = [n for n in storage.list_dirs(run_dir) if n.startswith(PREFIX)]
+    return [storage.join(run_dir, n) for n in sorted(names) if is_complete(storage.join(run_dir, n))]
+
+
+def prune(run_dir: str, keep: int, metric: str, mode: str) -> None:
+    """Keep the `keep` best checkpoints by `metric` plus the latest; delete the rest (local runs)."""
+    paths = list_complete(run_dir)
+    if len(paths) <= keep:
+        return
+    scored = []
+    for p in paths:
+        value = read_manifest(p).get("metrics", {}).get(metric)
+        value = float("-inf") if value is None or value != value else float(value)
+        scored.append((value if mode == "max" else -value, p))
+    best = {p for _, p in sorted(scored, reverse=True)[:keep]}
+    for p in paths[:-1]:
+        if p not in best:
+            storage.delete_dir(p)
+
+
+def best_path(run_dir: str, metric: str, mode: str) -> str | None:
+    paths = list_complete(run_dir)
+    if not paths:
+        return None
+    sign = 1 if mode == "max" else -1
+
+    def score(p: str) -> float:
+        v = read_manifest(p).get("metrics", {}).get(metric)
+        return float("-inf") if v is None or v != v else sign * float(v)
+
+    return max(paths, key=score)
+
+
+def build_model(path: str, plugin_refs: list[str] | None = None):
+    """Rebuild the trained model from a checkpoint alone: (model in eval mode, manifest).
+
+    Plugins are loaded from the environment (entry points) and from `plugin_refs` the user names; nothing is
+    imported because a checkpoint says so. An encoder from a plugin that is not loaded gives an error naming it.
+    """
+    import plugins
+    import zoo
+
+    state, manifest = load(path)
+    plugins.autoload()
+    plugins.load_plugins(plugin_refs or [])
+    encoder = manifest["encoder"]
+    try:
+        model = zoo.create_model(encoder, manifest["num_classes"], in_channels=manifest["in_channels"],
+                                 **manifest.get("model_kwargs", {}))
+    except zoo.UnknownEncoderError:
+        named = manifest.get("plugins") or []
+        hint = (f"it came from plugin(s) {', '.join(named)}: pass --plugin for them" if named
+                else "install the plugin that registers it")
+        raise CheckpointError(f"{path}: encoder '{encoder}' is not registered here; {hint}") from None
+    model.load_state_dict(state["model"])
+    return model.eval(), manifest

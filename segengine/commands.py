@@ -1,0 +1,38 @@
+"""Subcommand entry points called by launch.py: parse-level glue only, the work lives in the engine modules."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from segengine.config import TrainConfig, flag_overrides, load_yaml, merge_plugins
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """Config file first, then the flags the user gave; plugins from both are kept."""
+    raw = load_yaml(args.config) if args.config else {}
+    raw.update(flag_overrides(args))
+    raw["plugins"] = merge_plugins(raw.get("plugins") or [], args.plugin)
+    return TrainConfig.from_dict(raw, where=args.config or "command line")
+
+
+def train(args: argparse.Namespace) -> int:
+    from segengine.training import train as run_train
+
+    run_train(train_config(args), resume=args.resume, overwrite=args.overwrite)
+    return 0
+
+
+def tune(args: argparse.Namespace) -> int:
+    from segengine.tuning import load_settings, tune_run
+
+    config = args.config or str(Path(__file__).resolve().parents[1] / "tune_configs" / "default.yaml")
+    overrides = {k: v for k, v in flag_overrides(args).items() if k not in ("storage", "name", "address")}
+    settings = load_settings(config, overrides, {"samples": args.samples,
+                                                      "workers_per_trial": args.workers_per_trial,
+                                                      "max_concurrent": args.max_concurrent})
+    if args.plugin:
+        settings.train.plugins = merge_plugins(settings.train.plugins, args.plugin)
+    tune_run(settings, name=args.name, storage_root=args.storage or settings.train.storage,
+             address=args.address, resume=args.resume, overwrite=args.overwrite)
+    return 0

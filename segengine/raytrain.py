@@ -1,0 +1,127 @@
+"""Ray Train wiring: connecting to Ray, checking resources, building and fitting the TorchTrainer.
+
+Ray's API changes between releases; its Train calls live here (and Tune's in `tuning.py`) behind our own names.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import ray
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from segengine import storage
+from segengine.cluster import alive_node_ips, check_storage_for_cluster, resolve_address
+from segengine.config import TrainConfig
+
+
+class ResourceError(RuntimeError):
+    """A request the cluster can never satisfy; refused instead of waiting forever."""
+
+    user_error = True
+
+
+def connect(address: str | None) -> bool:
+    """Connect to the cluster at `address` ($RAY_ADDRESS) or start a local Ray; True if we started it."""
+    if ray.is_initialized():
+        return False
+    address = resolve_address(address)
+    env = {"env_vars": {"RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"]}} if "RAY_AUTH_MODE" in os.environ else None
+    if address:
+        ray.init(address=address, logging_level="ERROR", log_to_driver=True, runtime_env=env)
+        return False
+    ray.init(logging_level="ERROR", runtime_env=env)
+    return True
+
+
+def cluster_capacity() -> dict[str, float]:
+    res = ray.cluster_resources()
+    return {"CPU": float(res.get("CPU", 0)), "GPU": float(res.get("GPU", 0))}
+
+
+def wants_gpu(cfg: TrainConfig, workers: int) -> bool:
+    if cfg.use_gpu == "no":
+        return False
+    gpus = cluster_capacity()["GPU"]
+    if cfg.use_gpu == "yes" and gpus < max(workers, 1):
+        raise ResourceError(f"use_gpu: yes needs {max(workers, 1)} GPU(s) but the cluster has {gpus:g}")
+    return gpus >= max(workers, 1)
+
+
+def check_resources(workers: int, cpus_per_worker: int, use_gpu: bool, *, concurrent: int = 1,
+                    extra_cpus: float = 0.0, what: str = "this run") -> None:
+    """Refuse a request that can never fit, naming what to lower."""
+    cap = cluster_capacity()
+    need_cpu = concurrent * (workers * cpus_per_worker + extra_cpus)
+    if need_cpu > cap["CPU"]:
+        raise ResourceError(
+            f"{what} needs {need_cpu:g} CPUs ({concurrent} x ({workers} worker(s) x {cpus_per_worker} CPU"
+            f"{f' + {extra_cpus:g} for the trial driver' if extra_cpus else ''})) but the cluster has "
+            f"{cap['CPU']:g}; lower --workers/--workers-per-trial or cpus_per_worker")
+    if use_gpu and concurrent * workers > cap["GPU"]:
+        raise ResourceError(f"{what} needs {concurrent * workers} GPU(s) but the cluster has {cap['GPU']:g}")
+
+
+def storage_args(path: str) -> dict[str, Any]:
+    """RunConfig storage arguments for a folder or a URI (the filesystem is built once, on the driver)."""
+    if not storage.is_uri(path):
+        return {"storage_path": path}
+    fs, inner = storage.filesystem(path)
+    return {"storage_path": inner, "storage_filesystem": fs}
+
+
+def make_trainer(train_func: Callable, config: dict[str, Any], cfg: TrainConfig, *, storage_path: str, name: str,
+                 use_gpu: bool, py_modules: list[str], callbacks: list | None = None) -> TorchTrainer:
+    """A TorchTrainer that keeps the best `keep_checkpoints` by the metric plus the latest, and retries failures."""
+    run_config = ray.train.RunConfig(
+        name=name,
+        **storage_args(storage_path),
+        failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(
+            num_to_keep=cfg.keep_checkpoints, checkpoint_score_attribute=cfg.metric,
+            checkpoint_score_order=cfg.mode),
+        worker_runtime_env={"py_modules": py_modules} if py_modules else None,
+        callbacks=callbacks,
+    )
+    scaling = ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu,
+                                      resources_per_worker={"CPU": cfg.cpus_per_worker,
+                                                            **({"GPU": 1} if use_gpu else {})})
+    return TorchTrainer(train_func, train_loop_config=config, scaling_config=scaling, run_config=run_config,
+                        torch_config=ray.train.torch.TorchConfig(backend="nccl" if use_gpu else "gloo"))
+
+
+def failure_message(exc: BaseException) -> str:
+    """The first line of the workers' error (a TrainingError message, say) instead of Ray's wrapper text."""
+    text = str(exc)
+    for line in text.splitlines():
+        if "TrainingError:" in line or "DataError:" in line or "ZooError" in line:
+            return line.split(":", 1)[1].strip() if line.count(":") else line
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def fit(prep, config_for: Callable[..., dict[str, Any]]) -> None:
+    """Fit `launch.py train` on Ray Train; Ray processes we started are stopped on exit (Ctrl-C included)."""
+    from segengine.training import RunError, print_plan, ship_plugins
+    from segengine.worker import train_func
+
+    cfg = prep.cfg
+    started = connect(cfg.address)
+    try:
+        check_storage_for_cluster(cfg.storage, alive_node_ips())
+        use_gpu = wants_gpu(cfg, cfg.workers)
+        check_resources(cfg.workers, cfg.cpus_per_worker, use_gpu)
+        print_plan(prep, cfg.workers, use_gpu)
+        modules, py_modules = ship_plugins(cfg.plugins)
+        trainer = make_trainer(train_func, config_for(prep, "train", modules), cfg, storage_path=cfg.storage,
+                               name=cfg.name, use_gpu=use_gpu, py_modules=py_modules)
+        try:
+            trainer.fit()
+        except ray.train.TrainingFailedError as exc:
+            raise RunError(f"training failed: {failure_message(exc)} (run folder {prep.run_dir})") from None
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,131 @@
+"""How a worker function reports: the only part of training that differs between Ray Train, an in-process Tune
+trial and the in-process debug mode.
+
+- `RayTrainReporter`: `ray.train.report` with the checkpoint folder; Ray persists it to the run's storage, keeps the
+  best and latest, and hands the latest back after a failure or `--resume`.
+- `LocalReporter`: Train's local mode ignores storage and checkpoint settings, so the worker writes checkpoints into
+  the run folder itself (atomically) and finds the latest one there when resuming.
+- `TuneReporter`: a one-worker trial run in-process inside a Tune trial (`ray.train.report` raises there in 2.60):
+  local checkpoints as above, plus `ray.tune.report` with the checkpoint's path as a metric.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from segengine import checkpoint, storage
+
+
+class Reporter:
+    distributed = False  # True when the worker runs under Ray Train (DDP via prepare_model)
+    world_rank = 0
+    world_size = 1
+    local_rank = 0
+    node_ip = "127.0.0.1"
+
+    def __init__(self, run_dir: str, keep: int, metric: str, mode: str):
+        self.run_dir = run_dir
+        self.keep, self.metric, self.mode = keep, metric, mode
+
+    def device(self, use_gpu: bool):
+        import torch
+
+        return torch.device("cuda", 0) if use_gpu else torch.device("cpu")
+
+    def latest_checkpoint(self) -> str | None:
+        paths = checkpoint.list_complete(self.run_dir)
+        return paths[-1] if paths else None
+
+    @contextmanager
+    def restored(self):
+        """Yield a local folder holding the checkpoint to resume from, or None."""
+        path = self.latest_checkpoint()
+        if path is None:
+            yield None
+            return
+        with tempfile.TemporaryDirectory(prefix="unet-zoo-restore-") as tmp:
+            yield storage.download_dir(path, tmp) if storage.is_uri(path) else path
+
+    def report(self, metrics: dict[str, Any], state: dict | None, manifest: dict | None, epoch: int) -> str | None:
+        """Persist the epoch's checkpoint (rank 0 passes state) and publish metrics; returns the checkpoint path."""
+        if state is None:
+            return None
+        target = storage.join(self.run_dir, checkpoint.dir_name(epoch))
+        if storage.is_uri(target):
+            with tempfile.TemporaryDirectory(prefix="unet-zoo-ckpt-") as tmp:
+                checkpoint.write(Path(tmp) / "c", state, manifest)
+                storage.upload_dir(str(Path(tmp) / "c"), target)
+        else:
+            checkpoint.write(target, state, manifest)
+        checkpoint.prune(self.run_dir, self.keep, self.metric, self.mode)
+        return target
+
+
+class LocalReporter(Reporter):
+    """In-process debug mode (`--workers 0`)."""
+
+
+class TuneReporter(Reporter):
+    """An in-process Tune trial."""
+
+    def report(self, metrics, state, manifest, epoch):
+        from ray import tune
+
+        path = super().report(metrics, state, manifest, epoch)
+        tune.report({**metrics, "checkpoint_path": path or ""})
+        return path
+
+
+class RayTrainReporter(Reporter):
+    """A Ray Train worker; Ray owns checkpoint persistence, retention and restoration."""
+
+    distributed = True
+
+    def __init__(self, run_dir: str, keep: int, metric: str, mode: str):
+        import ray
+        import ray.train
+
+        super().__init__(run_dir, keep, metric, mode)
+        ctx = ray.train.get_context()
+        self.world_rank = ctx.get_world_rank()
+        self.world_size = ctx.get_world_size()
+        self.local_rank = ctx.get_local_rank()
+        self.node_ip = ray.util.get_node_ip_address()
+
+    def device(self, use_gpu: bool):
+        import ray.train.torch
+
+        return ray.train.torch.get_device() if use_gpu else super().device(False)
+
+    @contextmanager
+    def restored(self):
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            yield None
+            return
+        with ckpt.as_directory() as path:
+            yield path
+
+    def report(self, metrics, state, manifest, epoch):
+        import ray.train
+
+        if state is None:
+            ray.train.report(metrics)
+            return None
+        with tempfile.TemporaryDirectory(prefix="unet-zoo-ckpt-") as tmp:
+            folder = checkpoint.write(Path(tmp) / "c", state, manifest)
+            name = checkpoint.dir_name(epoch)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)),
+                             checkpoint_dir_name=name)
+        return storage.join(self.run_dir, name)
+
+
+def make_reporter(kind: str, run_dir: str, keep: int, metric: str, mode: str) -> Reporter:
+    classes = {"local": LocalReporter, "tune": TuneReporter, "train": RayTrainReporter}
+    return classes[kind](run_dir, keep, metric, mode)
+

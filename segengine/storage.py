@@ -1,0 +1,86 @@
+"""Run storage as local folders or URIs (file://, s3://, gs://) through pyarrow.fs, the layer Ray Train uses."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def resolve(path: str) -> str:
+    """Absolute path for local folders (Ray workers run in their own working directory); URIs unchanged."""
+    return path if is_uri(path) else str(Path(path).expanduser().resolve())
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts, keeping a URI's query string (s3://b/p?endpoint_override=...) at the end."""
+    root, sep, query = base.partition("?")
+    joined = "/".join([root.rstrip("/"), *[p.strip("/") for p in parts]])
+    return joined + sep + query
+
+
+def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) for a local folder or URI."""
+    if is_uri(path):
+        return pafs.FileSystem.from_uri(path)
+    return pafs.LocalFileSystem(), resolve(path)
+
+
+def exists(path: str) -> bool:
+    fs, p = filesystem(path)
+    return fs.get_file_info(p).type != pafs.FileType.NotFound
+
+
+def read_text(path: str) -> str:
+    fs, p = filesystem(path)
+    with fs.open_input_stream(p) as f:
+        return f.read().decode()
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Write a whole file; local files go through a temporary name and a rename so readers never see half."""
+    if not is_uri(path):
+        target = Path(resolve(path))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+        return
+    fs, p = filesystem(path)
+    fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(p) as f:
+        f.write(data)
+
+
+def list_dirs(path: str) -> list[str]:
+    """Names of the sub-folders of a folder (empty if it does not exist)."""
+    fs, p = filesystem(path)
+    if fs.get_file_info(p).type != pafs.FileType.Directory:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(p, recursive=False))
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
+
+def delete_dir(path: str) -> None:
+    fs, p = filesystem(path)
+    if fs.get_file_info(p).type == pafs.FileType.Directory:
+        fs.delete_dir(p)
+
+
+def upload_dir(local_dir: str, path: str) -> None:
+    """Copy a local folder's files into a storage folder (used for run artefacts on object storage)."""
+    fs, p = filesystem(path)
+    fs.create_dir(p, recursive=True)
+    pafs.copy_files(local_dir, p, destination_filesystem=fs)
+
+
+def download_dir(path: str, local_dir: str) -> str:
+    fs, p = filesystem(path)
+    Path(local_dir).mkdir(parents=True, exist_ok=True)
+    pafs.copy_files(p, local_dir, source_filesystem=fs)
+    return local_dir

@@ -1,0 +1,187 @@
+"""The driver side of `launch.py train`: resolve the config, guard the run name, check data and resources, then run
+the worker function on Ray Train's TorchTrainer (or in-process with `--workers 0`)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import plugins
+import segdata
+import zoo
+from segengine import checkpoint, storage
+from segengine.config import ConfigError, TrainConfig, diff_configs
+
+CONFIG_FILE = "config.yaml"
+# Keys that may change on --resume: the epoch budget, and where the driver connects from.
+RESUMABLE_KEYS = {"epochs", "address"}
+SHIPPED_PACKAGE = "unet_zoo_shipped_plugins"
+
+
+class RunError(RuntimeError):
+    """A run that cannot start or failed; one line for the CLI."""
+
+    user_error = True
+
+
+@dataclass
+class PreparedRun:
+    cfg: TrainConfig
+    run_dir: str
+    meta: segdata.DatasetMeta
+    counts: dict[str, int]
+
+
+def default_name(cfg: TrainConfig) -> str:
+    return f"{cfg.encoder}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def resolve_paths(cfg: TrainConfig) -> TrainConfig:
+    """Absolute paths or URIs for everything a worker opens (Train workers run in their own working directory)."""
+    data = cfg.data
+    if data is not None and not data.startswith("synth") and not storage.is_uri(data):
+        data = storage.resolve(data)
+    return replace(cfg, data=data, storage=storage.resolve(cfg.storage),
+                   plugins=plugins.resolve_plugin_refs(cfg.plugins))
+
+
+def inspect_data(cfg: TrainConfig) -> tuple[segdata.DatasetMeta, dict[str, int]]:
+    """Open and check the dataset on the driver so a broken one is refused before any worker starts."""
+    root = segdata.resolve_data(cfg.data)
+    folder = segdata.open_dataset(root, num_classes=cfg.num_classes, label_mode=cfg.label_mode,
+                                  threshold=cfg.threshold, ignore_index=cfg.ignore_index,
+                                  val_fraction=cfg.val_fraction)
+    counts = {split: len(segdata.validated_samples(folder, split, cfg.skip_bad)) for split in ("train", "val")}
+    return folder.meta, counts
+
+
+def guard_run_name(run_dir: str, cfg: TrainConfig, *, resume: bool, overwrite: bool, command: str) -> None:
+    """New name: start. Existing name: refuse unless --resume (same config but the epoch budget) or --overwrite."""
+    saved_path = storage.join(run_dir, CONFIG_FILE)
+    exists = storage.exists(saved_path) or bool(storage.list_dirs(run_dir))
+    if exists and overwrite:
+        storage.delete_dir(run_dir)
+        return
+    if exists and not resume:
+        raise RunError(f"run '{cfg.name}' already exists in {cfg.storage}; add --resume to continue it from its "
+                       f"latest checkpoint, or --overwrite to delete it and start again")
+    if resume and not exists:
+        raise RunError(f"nothing to resume: no run '{cfg.name}' in {cfg.storage} (drop --resume to start it)")
+    if resume:
+        saved = yaml.safe_load(storage.read_text(saved_path)) if storage.exists(saved_path) else {}
+        differ = [k for k in diff_configs(saved, cfg.to_dict()) if k.split(".")[0] not in RESUMABLE_KEYS]
+        if differ:
+            raise RunError(f"--resume with a different config: {', '.join(differ)} differ from the saved "
+                           f"{saved_path}; only the epoch budget may change (use a new --name for a new run)")
+
+
+def save_config(run_dir: str, cfg: TrainConfig) -> None:
+    from segengine.cluster import redact
+
+    text = yaml.safe_dump(redact(cfg.to_dict()), sort_keys=False)
+    storage.write_bytes(storage.join(run_dir, CONFIG_FILE), text.encode())
+
+
+def prepare(cfg: TrainConfig, *, resume: bool, overwrite: bool, command: str = "train") -> PreparedRun:
+    cfg = resolve_paths(cfg)
+    if cfg.name is None:
+        if resume:
+            raise RunError("--resume needs --name NAME (the run to continue)")
+        cfg = replace(cfg, name=default_name(cfg))
+    plugins.autoload()
+    plugins.load_plugins(cfg.plugins)
+    zoo.get_spec(cfg.encoder)  # an unknown encoder fails here, with suggestions, before Ray starts
+    meta, counts = inspect_data(cfg)
+    if cfg.class_weights is not None and len(cfg.class_weights) != meta.num_classes:
+        raise ConfigError(f"class_weights has {len(cfg.class_weights)} values but the dataset has "
+                          f"{meta.num_classes} classes ({', '.join(meta.classes)})")
+    run_dir = storage.join(cfg.storage, cfg.name)
+    guard_run_name(run_dir, cfg, resume=resume, overwrite=overwrite, command=command)
+    return PreparedRun(cfg, run_dir, meta, counts)
+
+
+def ship_plugins(refs: list[str]) -> tuple[list[str], list[str]]:
+    """Plugin files become modules of a package shipped to every node through the runtime env's py_modules.
+
+    Returns (module names the workers import, py_modules folders). Module names stay as they are: they must be
+    importable on the workers (installed, or in the job's working directory).
+    """
+    files = [r for r in refs if r.endswith(".py")]
+    if not files:
+        return list(refs), []
+    digest = hashlib.sha256("".join(sorted(files)).encode()).hexdigest()[:10]
+    pkg = Path(tempfile.gettempdir()) / f"unet-zoo-plugins-{digest}" / SHIPPED_PACKAGE
+    shutil.rmtree(pkg, ignore_errors=True)
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text('"""Plugin files shipped to Ray workers by launch.py."""\n')
+    modules = []
+    for ref in refs:
+        if ref.endswith(".py"):
+            shutil.copy2(ref, pkg / Path(ref).name)
+            modules.append(f"{SHIPPED_PACKAGE}.{Path(ref).stem}")
+        else:
+            modules.append(ref)
+    return modules, [str(pkg)]
+
+
+def print_plan(prep: PreparedRun, workers: int, use_gpu: bool) -> None:
+    cfg, meta = prep.cfg, prep.meta
+    mode = "in-process (debug)" if workers == 0 else f"{workers} Ray Train worker(s)"
+    print(f"run        {cfg.name}  ->  {prep.run_dir}")
+    print(f"data       {cfg.data or 'synth'}: {prep.counts['train']} train / {prep.counts['val']} val, "
+          f"{meta.num_classes} classes ({', '.join(meta.classes)}), {meta.in_channels} channel(s), "
+          f"{meta.label_mode} labels")
+    print(f"model      {cfg.encoder} at {cfg.input_size[0]}x{cfg.input_size[1]}, loss {cfg.loss}, lr {cfg.lr:g} "
+          f"decay {cfg.lr_decay:g}, {cfg.epochs} epochs")
+    print(f"workers    {mode}, {cfg.cpus_per_worker} CPU(s) each{', GPU' if use_gpu else ''}; batch "
+          f"{cfg.batch_size} per worker = {cfg.batch_size * max(workers, 1)} global", flush=True)
+
+
+def resume_hint(cfg: TrainConfig, command: str = "train") -> str:
+    return f"python launch.py {command} --name {cfg.name} --storage {cfg.storage} --resume"
+
+
+def run_config_dict(prep: PreparedRun, reporter: str, plugin_modules: list[str]) -> dict[str, Any]:
+    return {**prep.cfg.to_dict(), "_run": {"run_dir": prep.run_dir, "reporter": reporter,
+                                          "plugin_modules": plugin_modules, "verbose": True}}
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Run `launch.py train`; returns a summary with the best checkpoint and its metrics."""
+    from segengine import raytrain
+
+    prep = prepare(cfg, resume=resume, overwrite=overwrite)
+    cfg = prep.cfg
+    save_config(prep.run_dir, cfg)
+    try:
+        if cfg.workers == 0:
+            print_plan(prep, 0, False)
+            from segengine.worker import train_func
+
+            train_func(run_config_dict(prep, "local", cfg.plugins))
+        else:
+            raytrain.fit(prep, run_config_dict)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the last finished epoch's checkpoint is kept; resume with:\n  {resume_hint(cfg)}",
+              file=sys.stderr)
+        raise
+    return summarize(prep)
+
+
+def summarize(prep: PreparedRun) -> dict[str, Any]:
+    cfg = prep.cfg
+    best = checkpoint.best_path(prep.run_dir, cfg.metric, cfg.mode)
+    metrics = checkpoint.read_manifest(best)["metrics"] if best else {}
+    print(f"\nrun folder       {prep.run_dir}  (history.csv, loss.png, miou.png, tensorboard/)")
+    if best:
+        print(f"best checkpoint  {best}")
+        print(f"best {cfg.metric} {metrics.get(cfg.metric, float('nan')):.4f} at epoch {metrics.get('epoch')}")
+    return {"run_dir": prep.run_dir, "best_checkpoint": best, "metrics": metrics, "name": cfg.name}

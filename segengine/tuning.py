@@ -1,0 +1,462 @@
+"""`launch.py tune`: Ray Tune over the training worker function.
+
+Ray 2.60 pattern: Tune runs a driver function per trial. With `workers_per_trial: 0` the trial runs the worker
+function in-process (reporting through `ray.tune.report`; cheapest start-up, the laptop default); with N >= 1 the
+trial builds and fits a TorchTrainer whose metrics reach Tune through `TuneReportCallback`. Either way the same
+`train_func` trains, metrics reach Tune every epoch so ASHA can stop trials, and the checkpoint path travels as the
+reported metric `checkpoint_path`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import yaml
+
+import segdata
+from segengine import checkpoint, storage
+from segengine.config import ConfigError, TrainConfig, load_yaml, reject_unknown_keys
+
+TOP_KEYS = ["train", "search", "class_weights", "scheduler", "searcher", "samples", "resources", "max_concurrent"]
+DISTRIBUTIONS = ("loguniform", "uniform", "choice", "grid", "randint")
+SEARCHERS = ("optuna", "random", "hyperopt")
+SCHEDULERS = ("asha", "fifo")
+EXPONENT_KEY = "class_weight_exponent"
+WEIGHT_PREFIX = "class_weight_"
+
+
+@dataclass
+class TuneSettings:
+    """A search config: training base config + search space + scheduler/searcher/resources."""
+
+    train: TrainConfig
+    search: dict[str, dict[str, list]] = field(default_factory=dict)
+    class_weights: dict[str, Any] = field(default_factory=dict)
+    scheduler: dict[str, Any] = field(default_factory=lambda: {"type": "asha"})
+    searcher: dict[str, Any] = field(default_factory=lambda: {"type": "optuna"})
+    samples: int = 8
+    workers_per_trial: int = 0
+    cpus_per_worker: int = 1
+    max_concurrent: int | None = None
+
+
+def _check_range(where: str, key: str, dist: str, args: Any) -> None:
+    if dist in ("loguniform", "uniform", "randint"):
+        ok = isinstance(args, list) and len(args) == 2 and all(isinstance(a, (int, float)) for a in args) \
+            and args[0] < args[1] and (dist != "loguniform" or args[0] > 0)
+        if not ok:
+            need = "0 < low < high" if dist == "loguniform" else "low < high"
+            raise ConfigError(f"{where}: search.{key}.{dist} needs [low, high] with {need}, got {args!r}")
+    elif not isinstance(args, list) or not args:
+        raise ConfigError(f"{where}: search.{key}.{dist} needs a non-empty list of values, got {args!r}")
+
+
+def parse_settings(raw: dict[str, Any], where: str) -> TuneSettings:
+    """Validate a search config completely before anything starts; errors name the key."""
+    reject_unknown_keys(raw, TOP_KEYS, where)
+    train = TrainConfig.from_dict(raw.get("train") or {}, where=f"{where}: train")
+    fields = set(train.to_dict())
+    search = raw.get("search") or {}
+    for key, spec in search.items():
+        if key not in fields:
+            raise ConfigError(f"{where}: search.{key} is not a training config key")
+        if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
+            raise ConfigError(f"{where}: search.{key} must be one of {{{' | '.join(DISTRIBUTIONS)}: ...}}")
+        dist, args = next(iter(spec.items()))
+        _check_range(where, key, dist, args)
+        if dist in ("choice", "grid"):
+            for value in args:  # every choice must make a valid training config
+                TrainConfig.from_dict({**train.to_dict(), key: value}, where=f"{where}: search.{key}")
+    cw = raw.get("class_weights") or {}
+    reject_unknown_keys(cw, ["per_class", "inverse_frequency_exponent"], f"{where}: class_weights")
+    for name, rng in (cw.get("per_class") or {}).items():
+        _check_range(where, f"class_weights.per_class.{name}", "uniform", rng)
+    if "inverse_frequency_exponent" in cw:
+        _check_range(where, "class_weights.inverse_frequency_exponent", "uniform", cw["inverse_frequency_exponent"])
+    sched = dict(raw.get("scheduler") or {"type": "asha"})
+    reject_unknown_keys(sched, ["type", "grace_period", "reduction_factor", "max_epochs"], f"{where}: scheduler")
+    if sched.get("type", "asha") not in SCHEDULERS:
+        raise ConfigError(f"{where}: scheduler.type must be one of {', '.join(SCHEDULERS)}")
+    searcher = dict(raw.get("searcher") or {"type": "optuna"})
+    reject_unknown_keys(searcher, ["type", "n_startup", "seed"], f"{where}: searcher")
+    if searcher.get("type", "optuna") not in SEARCHERS:
+        raise ConfigError(f"{where}: searcher.type must be one of {', '.join(SEARCHERS)}")
+    if searcher.get("type", "optuna") != "random" and any("grid" in s for s in search.values()):
+        raise ConfigError(f"{where}: grid values need searcher.type: random (model-based searchers sample)")
+    res = raw.get("resources") or {}
+    reject_unknown_keys(res, ["workers_per_trial", "cpus_per_worker"], f"{where}: resources")
+    samples = raw.get("samples", 8)
+    if not isinstance(samples, int) or samples < 1:
+        raise ConfigError(f"{where}: samples must be an integer >= 1, got {samples!r}")
+    mc = raw.get("max_concurrent")
+    if mc is not None and (not isinstance(mc, int) or mc < 1):
+        raise ConfigError(f"{where}: max_concurrent must be an integer >= 1, got {mc!r}")
+    wpt, cpw = res.get("workers_per_trial", 0), res.get("cpus_per_worker", 1)
+    if not isinstance(wpt, int) or wpt < 0 or not isinstance(cpw, int) or cpw < 1:
+        raise ConfigError(f"{where}: resources need workers_per_trial >= 0 and cpus_per_worker >= 1")
+    return TuneSettings(train=train, search=search, class_weights=cw, scheduler=sched, searcher=searcher,
+                        samples=samples, workers_per_trial=wpt, cpus_per_worker=cpw, max_concurrent=mc)
+
+
+def load_settings(path: str | None, overrides: dict[str, Any], extra: dict[str, Any]) -> TuneSettings:
+    """The search file, then CLI flags: training flags override `train:`, tune flags their own keys."""
+    raw = load_yaml(path) if path else {}
+    raw = {**raw, "train": {**(raw.get("train") or {}), **overrides}}
+    for key, value in extra.items():
+        if value is None:
+            continue
+        if key in ("workers_per_trial",):
+            raw["resources"] = {**(raw.get("resources") or {}), key: value}
+        else:
+            raw[key] = value
+    return parse_settings(raw, path or "command line")
+
+
+# ---------------------------------------------------------------- trial side
+
+
+def trial_weights(config: dict[str, Any], num_classes: int) -> list[float] | None:
+    """Class weights of one trial from its sampled per-class weights or inverse-frequency exponent."""
+    if EXPONENT_KEY in config:
+        freq = np.maximum(np.asarray(config["_class_freq"], dtype=np.float64), 1e-6)
+        w = freq ** -float(config[EXPONENT_KEY])
+        return (w / w.mean()).round(6).tolist()
+    explicit = {int(k[len(WEIGHT_PREFIX):]): float(v) for k, v in config.items()
+                if k.startswith(WEIGHT_PREFIX) and k[len(WEIGHT_PREFIX):].isdigit()}
+    if not explicit:
+        return None
+    return [explicit.get(i, 1.0) for i in range(num_classes)]
+
+
+def trial_train_config(config: dict[str, Any]) -> TrainConfig:
+    """A trial's full TrainConfig: the base config with its sampled values substituted."""
+    tc = {k: v for k, v in config.items() if not k.startswith("_") and not k.startswith(WEIGHT_PREFIX)}
+    weights = trial_weights(config, config["_num_classes"])
+    if weights is not None:
+        tc["class_weights"] = weights
+    return TrainConfig.from_dict(tc, where="trial config")
+
+
+def trial_func(config: dict[str, Any]) -> None:
+    """Tune's driver function for one trial."""
+    from ray import tune
+
+    cfg = trial_train_config(config)
+    trial_id = tune.get_context().get_trial_id()
+    trials_root = config["_trials_root"]
+    run_dir = storage.join(trials_root, trial_id)
+    run = {"run_dir": run_dir, "plugin_modules": config["_plugin_modules"], "verbose": False}
+    if cfg.workers == 0:
+        from segengine.worker import train_func
+
+        train_func({**cfg.to_dict(), "_run": {**run, "reporter": "tune"}})
+        return
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from segengine.raytrain import make_trainer
+    from segengine.worker import train_func
+
+    trainer = make_trainer(train_func, {**cfg.to_dict(), "_run": {**run, "reporter": "train"}}, cfg,
+                           storage_path=trials_root, name=trial_id, use_gpu=config["_use_gpu"],
+                           py_modules=config["_py_modules"], callbacks=[TuneReportCallback()])
+    trainer.fit()
+
+
+# ---------------------------------------------------------------- driver side
+
+
+def _space(settings: TuneSettings):
+    from ray import tune
+
+    makers = {"loguniform": lambda a: tune.loguniform(*a), "uniform": lambda a: tune.uniform(*a),
+              "randint": lambda a: tune.randint(*a), "choice": tune.choice, "grid": tune.grid_search}
+    space = {key: makers[d](a) for key, spec in settings.search.items() for d, a in spec.items()}
+    return space
+
+
+def _class_weight_space(settings: TuneSettings, meta: segdata.DatasetMeta) -> dict[str, Any]:
+    from ray import tune
+
+    cw = settings.class_weights
+    space = {}
+    for name, (lo, hi) in (cw.get("per_class") or {}).items():
+        idx = meta.classes.index(name) if name in meta.classes else (int(name) if str(name).isdigit() else None)
+        if idx is None or idx >= meta.num_classes:
+            raise ConfigError(f"class_weights.per_class: unknown class '{name}'; classes: {', '.join(meta.classes)}")
+        space[f"{WEIGHT_PREFIX}{idx}"] = tune.uniform(lo, hi)
+    if "inverse_frequency_exponent" in cw:
+        space[EXPONENT_KEY] = tune.uniform(*cw["inverse_frequency_exponent"])
+    return space
+
+
+def plan_concurrency(settings: TuneSettings, capacity: dict[str, float], use_gpu: bool) -> tuple[dict, int]:
+    """Trial resources and how many trials fit at once, so no trial waits forever for CPUs."""
+    from segengine.raytrain import ResourceError
+
+    wpt, cpw = settings.workers_per_trial, settings.cpus_per_worker
+    if wpt == 0:
+        resources = {"cpu": cpw, "gpu": 1 if use_gpu else 0}
+        per_trial_cpu = cpw
+    else:  # the trial's driver only waits; a tiny memory request keeps Tune from rejecting it as empty
+        resources = {"cpu": 0, "memory": 64 * 1024 * 1024}
+        per_trial_cpu = wpt * cpw
+    if per_trial_cpu > capacity["CPU"]:
+        raise ResourceError(f"one trial needs {per_trial_cpu} CPUs ({max(wpt, 1)} worker(s) x {cpw} CPU) but the "
+                            f"cluster has {capacity['CPU']:g}; lower resources.workers_per_trial or cpus_per_worker")
+    fit = int(capacity["CPU"] // per_trial_cpu)
+    if use_gpu:
+        fit = min(fit, int(capacity["GPU"] // max(wpt, 1)))
+    wanted = settings.max_concurrent or fit
+    return resources, max(1, min(wanted, fit, settings.samples))
+
+
+def _searcher(settings: TuneSettings, metric: str, mode: str, concurrent: int):
+    kind = settings.searcher.get("type", "optuna")
+    seed = settings.searcher.get("seed", settings.train.seed)
+    if kind == "random":
+        return None
+    if kind == "hyperopt":
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.hyperopt import HyperOptSearch
+
+        n = settings.searcher.get("n_startup") or max(2, settings.samples // 3)
+        return ConcurrencyLimiter(HyperOptSearch(metric=metric, mode=mode, n_initial_points=n, random_state_seed=seed),
+                                  max_concurrent=concurrent)
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    # TPE needs random start-up trials; a third of the budget (at least 2) fits small searches.
+    n = settings.searcher.get("n_startup") or max(2, settings.samples // 3)
+    sampler = optuna.samplers.TPESampler(n_startup_trials=n, seed=seed)
+    return ConcurrencyLimiter(OptunaSearch(metric=metric, mode=mode, sampler=sampler), max_concurrent=concurrent)
+
+
+class ProgressLines:
+    """A line per trial-epoch and per finished trial: enough to follow a search without Tune's verbose tables."""
+
+    def __init__(self, metric: str, searched: list[str]):
+        from ray.tune import Callback
+
+        outer = self
+
+        class _Cb(Callback):
+            def on_trial_result(self, iteration, trials, trial, result, **info):
+                outer.line(trial, f"epoch {result.get('epoch', '?'):>3}  {metric} "
+                                  f"{result.get(metric, float('nan')):.4f}  val_loss "
+                                  f"{result.get('val_loss', float('nan')):.4f}")
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                outer.line(trial, "done")
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                outer.line(trial, "FAILED (see its error.txt)")
+
+        self.metric, self.searched, self.callback = metric, searched, _Cb()
+        self.start = time.perf_counter()
+
+    def line(self, trial, text: str) -> None:
+        params = "  ".join(f"{k}={_fmt(trial.config.get(k))}" for k in self.searched)
+        print(f"[{time.perf_counter() - self.start:6.0f}s] {trial.trial_id}  {params}  {text}", flush=True)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def _disk_usage(path: str) -> int:
+    if storage.is_uri(path):
+        return -1
+    from pathlib import Path
+
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def tune_run(settings: TuneSettings, *, name: str | None, storage_root: str, address: str | None,
+             resume: bool, overwrite: bool) -> dict[str, Any]:
+    """Run (or resume) a search; returns the results rows, the best row and paths."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from segengine import raytrain
+    from segengine.cluster import alive_node_ips, check_storage_for_cluster
+    from segengine.training import RunError, guard_run_name, prepare, save_config, ship_plugins
+
+    base = replace(settings.train, name=name or f"tune-{settings.train.encoder}-{time.strftime('%Y%m%d-%H%M%S')}",
+                   storage=storage_root, address=address, workers=settings.workers_per_trial,
+                   cpus_per_worker=settings.cpus_per_worker)
+    prep = prepare(base, resume=True, overwrite=False) if resume else None
+    if prep is None:
+        prep = prepare(base, resume=False, overwrite=overwrite)
+    cfg, meta, tune_dir = prep.cfg, prep.meta, prep.run_dir
+    if not resume:
+        save_config(tune_dir, cfg)
+        storage.write_bytes(storage.join(tune_dir, "search.yaml"), yaml.safe_dump(
+            {"search": settings.search, "class_weights": settings.class_weights, "scheduler": settings.scheduler,
+             "searcher": settings.searcher, "samples": settings.samples}, sort_keys=False).encode())
+    metric, mode = cfg.metric, cfg.mode
+    started = raytrain.connect(cfg.address)
+    try:
+        check_storage_for_cluster(cfg.storage, alive_node_ips())
+        use_gpu = raytrain.wants_gpu(cfg, cfg.workers)
+        resources, concurrent = plan_concurrency(settings, raytrain.cluster_capacity(), use_gpu)
+        modules, py_modules = ship_plugins(cfg.plugins)
+        space = {**cfg.to_dict(), **_space(settings), **_class_weight_space(settings, meta)}
+        class_freq = segdata.class_frequencies(
+            segdata.validated_samples(segdata.open_dataset(segdata.resolve_data(cfg.data)), "train", cfg.skip_bad),
+            meta).tolist() if EXPONENT_KEY in space else None
+        space.update({"_trials_root": storage.join(tune_dir, "trials"), "_plugin_modules": modules,
+                      "_py_modules": py_modules, "_use_gpu": use_gpu, "_num_classes": meta.num_classes,
+                      "_class_freq": class_freq})
+        max_epochs = settings.scheduler.get("max_epochs", cfg.epochs)
+        if settings.scheduler.get("type", "asha") == "asha":
+            scheduler = ASHAScheduler(time_attr="epoch", max_t=max_epochs,
+                                      grace_period=settings.scheduler.get("grace_period", 1),
+                                      reduction_factor=settings.scheduler.get("reduction_factor", 3))
+        else:
+            scheduler = FIFOScheduler()
+        searched = [k for k in space if k in settings.search or k.startswith(WEIGHT_PREFIX)]
+        print(f"search     {tune_dir}")
+        print(f"trials     {settings.samples} sample(s) of {', '.join(searched) or 'nothing'}; "
+              f"{settings.scheduler.get('type', 'asha')} scheduler, {settings.searcher.get('type', 'optuna')} "
+              f"searcher, up to {max_epochs} epochs each")
+        per = ("in-process (1 worker)" if cfg.workers == 0
+               else f"{cfg.workers} Ray Train worker(s) x {cfg.cpus_per_worker} CPU")
+        print(f"resources  {per} per trial{', GPU' if use_gpu else ''}; {concurrent} trial(s) at once on "
+              f"{raytrain.cluster_capacity()['CPU']:g} CPUs", flush=True)
+        progress = ProgressLines(metric, searched)
+        trainable = tune.with_resources(trial_func, resources)
+        fs_args = raytrain.storage_args(cfg.storage)
+        run_config = tune.RunConfig(name=cfg.name, callbacks=[progress.callback], verbose=0,
+                                    failure_config=tune.FailureConfig(max_failures=0), **fs_args)
+        exp_path = storage.join(cfg.storage, cfg.name)
+        if resume and tune.Tuner.can_restore(exp_path if storage.is_uri(exp_path) else exp_path):
+            tuner = tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=True,
+                                       storage_filesystem=fs_args.get("storage_filesystem"))
+        elif resume:
+            raise RunError(f"nothing to resume: {exp_path} holds no Tune experiment state")
+        else:
+            tuner = tune.Tuner(trainable, param_space=space, run_config=run_config, tune_config=tune.TuneConfig(
+                metric=metric, mode=mode, num_samples=settings.samples, scheduler=scheduler,
+                search_alg=_searcher(settings, metric, mode, concurrent), max_concurrent_trials=concurrent,
+                reuse_actors=True, trial_dirname_creator=lambda t: t.trial_id))
+        interrupted = False
+        try:
+            grid = tuner.fit()
+        except KeyboardInterrupt:
+            interrupted = True
+            grid = tune.Tuner.restore(exp_path, trainable).get_results()
+        return finish(grid, settings, cfg, tune_dir, searched, max_epochs, interrupted)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def finish(grid, settings: TuneSettings, cfg: TrainConfig, tune_dir: str, searched: list[str], max_epochs: int,
+           interrupted: bool) -> dict[str, Any]:
+    """Results table (printed + CSV), best.yaml, curves plot, pruning of stopped trials' checkpoints."""
+    metric, mode = cfg.metric, cfg.mode
+    sign = 1 if mode == "max" else -1
+    rows, curves = [], {}
+    for result in grid:
+        trial_id = result.path.rstrip("/").rsplit("/", 1)[-1]
+        df = result.metrics_dataframe
+        hist = df if df is not None and metric in getattr(df, "columns", []) else None
+        values = hist[metric].tolist() if hist is not None else []
+        epochs = hist["epoch"].tolist() if hist is not None else []
+        curves[trial_id] = (epochs, values)
+        finite = [v for v in values if v == v]
+        best_value = (max(finite) if mode == "max" else min(finite)) if finite else float("nan")
+        run_dir = storage.join(tune_dir, "trials", trial_id)
+        status = "error" if result.error else ("stopped" if len(epochs) and max(epochs) < max_epochs and
+                                                 len(epochs) < max_epochs else "finished")
+        if result.error is not None and not epochs:
+            status = "error"
+        rows.append({"trial": trial_id, **{k: result.config.get(k) for k in searched},
+                     f"best_{metric}": best_value, "epochs": int(max(epochs)) if epochs else 0, "status": status,
+                     "error": str(result.error).splitlines()[-1][:200] if result.error else "",
+                     "run_dir": run_dir, "_config": result.config})
+    rows.sort(key=lambda r: (-sign * r[f"best_{metric}"]) if r[f"best_{metric}"] == r[f"best_{metric}"] else math.inf)
+    best = next((r for r in rows if r[f"best_{metric}"] == r[f"best_{metric}"]), None)
+    for r in rows:
+        if r["status"] == "stopped":
+            checkpoint.prune(r["run_dir"], 1, metric, mode)
+    best_ckpt = checkpoint.best_path(best["run_dir"], metric, mode) if best else None
+    table = write_results(rows, searched, metric, tune_dir)
+    print("\n" + table)
+    if best is not None:
+        best_cfg = trial_train_config(best["_config"])
+        best_cfg = replace(best_cfg, name=None, workers=max(best_cfg.workers, 1))
+        text = (f"# best trial {best['trial']} of search {cfg.name}: {metric} {best[f'best_{metric}']:.4f}\n"
+                f"# best checkpoint: {best_ckpt}\n# reproduce: python launch.py train --config best.yaml\n")
+        from segengine.cluster import redact
+
+        text += yaml.safe_dump(redact(best_cfg.to_dict()), sort_keys=False)
+        storage.write_bytes(storage.join(tune_dir, "best.yaml"), text.encode())
+        storage.write_bytes(storage.join(tune_dir, "best.json"), json.dumps(
+            {"trial": best["trial"], metric: best[f"best_{metric}"], "checkpoint": best_ckpt}, indent=2).encode())
+        print(f"best trial       {best['trial']}  {metric} {best[f'best_{metric}']:.4f}")
+        print(f"best config      {storage.join(tune_dir, 'best.yaml')}")
+        print(f"best checkpoint  {best_ckpt}")
+    _plot(curves, metric, max_epochs, tune_dir)
+    used = _disk_usage(tune_dir)
+    if used >= 0:
+        print(f"disk used        {used / 2**20:.1f} MiB in {tune_dir}")
+    if interrupted:
+        print(f"\ninterrupted: results so far are written; resume with:\n  python launch.py tune --name {cfg.name} "
+              f"--storage {cfg.storage} --resume", file=sys.stderr)
+    return {"rows": rows, "best": best, "best_checkpoint": best_ckpt, "tune_dir": tune_dir}
+
+
+def write_results(rows: list[dict[str, Any]], searched: list[str], metric: str, tune_dir: str) -> str:
+    cols = ["trial", *searched, f"best_{metric}", "epochs", "status", "error"]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=cols, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    storage.write_bytes(storage.join(tune_dir, "results.csv"), out.getvalue().encode())
+    shown = cols[:-1]
+    cells = [[_fmt(r.get(c)) for c in shown] for r in rows]
+    widths = [max(len(c), *(len(x[i]) for x in cells)) if cells else len(c) for i, c in enumerate(shown)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(shown, widths, strict=True))]
+    lines += ["  ".join(x.ljust(w) for x, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(lines)
+
+
+def _plot(curves: dict[str, tuple[list, list]], metric: str, max_epochs: int, tune_dir: str) -> None:
+    import tempfile
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    for trial_id, (epochs, values) in curves.items():
+        if not epochs:
+            continue
+        (line,) = ax.plot(epochs, values, marker="o", ms=3, label=trial_id)
+        if max(epochs) < max_epochs:  # where ASHA stopped it
+            ax.plot(epochs[-1], values[-1], marker="x", ms=10, color=line.get_color())
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} per trial (x = stopped early)")
+    ax.grid(alpha=0.3)
+    if len(curves) <= 12:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with tempfile.TemporaryDirectory() as tmp:
+        png = Path(tmp) / "trials.png"
+        fig.savefig(png)
+        storage.write_bytes(storage.join(tune_dir, "trials.png"), png.read_bytes())
+    plt.close(fig)

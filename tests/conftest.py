@@ -1,0 +1,50 @@
+"""Shared test set-up: isolate Ray's per-user state, share one Ray instance, locate the shared data sets.
+
+Ray 2.60 writes ~/.ray/auth_token at the first ray.init() and `ray start --head` behaves differently once it
+exists, so HOME points at a throw-away folder before anything imports ray.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+_HOME = tempfile.mkdtemp(prefix="unet-zoo-test-home-")
+os.environ["HOME"] = _HOME
+os.environ["RAY_AUTH_MODE"] = "disabled"
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("UNET_ZOO_CACHE", os.path.join(_HOME, "cache"))
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
+
+
+@pytest.fixture(scope="session")
+def isbi_root() -> Path:
+    root = SHARED_DATA / "isbi2012"
+    if not root.is_dir():
+        pytest.fail(f"shared data set missing: {root} (CI lays ../shared beside the checkout)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def camvid_root() -> Path:
+    root = SHARED_DATA / "camvid"
+    if not root.is_dir():
+        pytest.fail(f"shared data set missing: {root} (CI lays ../shared beside the checkout)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for the whole test session (start-up costs seconds on 2 cores)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR",
+                 runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
+    yield ray

@@ -1,0 +1,75 @@
+"""The config schema: one schema for YAML and flags, with errors that name the key and the allowed values."""
+
+import pytest
+
+from launch import build_parser
+from segengine.commands import train_config
+from segengine.config import ConfigError, TrainConfig, diff_configs
+from segengine.tuning import parse_settings
+
+
+def test_flags_override_file_and_plugins_accumulate(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("encoder: mobilenet\nlr: 0.001\nepochs: 3\nplugins: [a_mod]\n")
+    args = build_parser().parse_args(["train", "--config", str(cfg_file), "--lr", "0.01", "--plugin", "b.py",
+                                      "--input-size", "64", "96"])
+    cfg = train_config(args)
+    assert (cfg.encoder, cfg.lr, cfg.epochs, cfg.input_size) == ("mobilenet", 0.01, 3, (64, 96))
+    assert cfg.plugins == ["a_mod", "b.py"]
+
+
+def test_roundtrip_through_dict():
+    cfg = TrainConfig(encoder="vgg", input_size=(32, 64), class_weights=[1.0, 3.0])
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("raw, needle", [
+    ({"learning_rate": 0.1}, "unknown key 'learning_rate'"),
+    ({"lr": -1.0}, "'lr'"),
+    ({"loss": "hinge"}, "ce, dice, focal, ce+dice"),
+    ({"epochs": "ten"}, "'epochs' must be int"),
+    ({"augment": {"flip": 2.0}}, "'flip'"),
+    ({"augment": {"rotate": 1}}, "unknown key 'rotate'"),
+    ({"input_size": [64]}, "'input_size' must be two numbers"),
+])
+def test_bad_values_name_the_key(raw, needle):
+    with pytest.raises(ConfigError, match=None) as err:
+        TrainConfig.from_dict(raw, where="x.yaml")
+    assert needle in str(err.value) and str(err.value).startswith("x.yaml")
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_key_suggests_the_closest():
+    with pytest.raises(ConfigError, match="did you mean 'lr_decay'"):
+        TrainConfig.from_dict({"lr_decya": 0.9})
+
+
+def test_diff_lists_nested_keys():
+    a = TrainConfig().to_dict()
+    b = TrainConfig(epochs=50, augment=TrainConfig().augment.__class__(flip=0.0)).to_dict()
+    assert diff_configs(a, b) == ["augment.flip", "epochs"]
+
+
+@pytest.mark.parametrize("raw, needle", [
+    ({"serach": {}}, "unknown key 'serach'"),
+    ({"search": {"lr": {"loguniform": [0, 1]}}}, "0 < low < high"),
+    ({"search": {"learning_rate": {"uniform": [0, 1]}}}, "search.learning_rate is not a training config key"),
+    ({"search": {"loss": {"choice": ["ce", "l2"]}}}, "'loss'"),
+    ({"scheduler": {"type": "pbt"}}, "scheduler.type"),
+    ({"searcher": {"type": "optuna"}, "search": {"lr": {"grid": [0.1, 0.01]}}}, "searcher.type: random"),
+    ({"samples": 0}, "samples"),
+    ({"resources": {"gpus": 1}}, "unknown key 'gpus'"),
+])
+def test_search_config_errors_name_the_key(raw, needle):
+    with pytest.raises(ConfigError) as err:
+        parse_settings(raw, "t.yaml")
+    assert needle in str(err.value)
+
+
+def test_shipped_tune_configs_parse():
+    from pathlib import Path
+
+    import yaml
+
+    for path in sorted(Path(__file__).resolve().parents[2].glob("tune_configs/*.yaml")):
+        parse_settings(yaml.safe_load(path.read_text()), str(path))
