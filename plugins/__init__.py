@@ -1,0 +1,119 @@
+"""Plugin discovery: entry points of installed distributions, and modules or files the user names.
+
+A plugin is a module whose import registers encoders with `zoo.register_encoder` / `zoo.register_family`
+(an entry point may also name a callable, which is called). Plugins are code, so only what the user installed
+(entry points in group `unet_zoo.encoders`) or named (`--plugin`, `plugins:` in a config) is imported: nothing
+is ever imported from a dataset folder or a checkpoint. A plugin that fails gives a PluginWarning and everything
+else keeps working. The engine passes the same names to every Ray worker (after `resolve_plugin_refs` on the
+driver), so workers import exactly what the driver imported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import os
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
+
+from zoo._registry import registering_as
+
+GROUP = "unet_zoo.encoders"
+NO_AUTOLOAD_ENV = "UNET_ZOO_NO_AUTOLOAD"
+
+__all__ = ["GROUP", "NO_AUTOLOAD_ENV", "PluginWarning", "autoload", "load_plugins", "resolve_plugin_refs"]
+
+
+class PluginWarning(UserWarning):
+    """A plugin could not be loaded; its encoders are missing, everything else works."""
+
+
+_autoloaded: list[str] | None = None
+_loaded: dict[str, str] = {}  # plugin reference (module name or absolute file path) -> imported module name
+
+
+def _is_file_ref(ref: str) -> bool:
+    return ref.endswith(".py") or "/" in ref or os.sep in ref
+
+
+def resolve_plugin_refs(names: Sequence[str]) -> list[str]:
+    """File paths made absolute (so that remote workers find them from any working directory); module names
+    stay as they are."""
+    return [str(Path(n).expanduser().absolute()) if _is_file_ref(n) else n for n in names]
+
+
+def _warn(ref: str, err: BaseException) -> None:
+    lines = str(err).strip().splitlines()
+    detail = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+    warnings.warn(f"plugin {ref!r} was not loaded ({detail}); its encoders are unavailable", PluginWarning,
+                  stacklevel=4)
+
+
+def _import_file(path: Path) -> str:
+    """Import a .py file under a module name derived from its absolute path, the same on every worker."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
+    module_name = f"unet_zoo_plugin_{path.stem.replace('-', '_')}_{digest}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path} as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+    return module_name
+
+
+def _load(ref: str, source: str, load: Callable[[], str]) -> bool:
+    if ref in _loaded:
+        return True
+    try:
+        with registering_as(source):
+            _loaded[ref] = load()
+    except Exception as err:
+        _warn(ref, err)
+        return False
+    return True
+
+
+def load_plugins(names: Sequence[str]) -> list[str]:
+    """Import plugins named by module (`my_pkg.encoders`) or file (`path/to/encoders.py`); returns the names
+    that are loaded (now or before). Loading a name twice does nothing."""
+    loaded = []
+    for name in names:
+        if _is_file_ref(name):
+            path = Path(resolve_plugin_refs([name])[0])
+            ok = _load(str(path), path.stem, lambda path=path: _import_file(path))
+        else:
+            ok = _load(name, name, lambda name=name: importlib.import_module(name).__name__)
+        if ok:
+            loaded.append(name)
+    return loaded
+
+
+def _load_entry_point(ep: EntryPoint) -> str:
+    obj = ep.load()
+    if callable(obj):
+        obj()
+    return ep.value
+
+
+def autoload() -> list[str]:
+    """Load every installed plugin (entry points in group `unet_zoo.encoders`) once; returns their names.
+    Set UNET_ZOO_NO_AUTOLOAD=1 to skip this (explicitly named plugins still load)."""
+    global _autoloaded
+    if os.environ.get(NO_AUTOLOAD_ENV, "").strip().lower() not in ("", "0", "false", "no"):
+        return []
+    if _autoloaded is None:
+        _autoloaded = [ep.name for ep in entry_points(group=GROUP)
+                       if _load(f"{ep.name} = {ep.value}", ep.name,
+                                lambda ep=ep: _load_entry_point(ep))]
+    return list(_autoloaded)

@@ -1,0 +1,33 @@
+"""segdata: dataset folders (local or URI), label modes, the tutorial's augmentations, checks, built-in data.
+
+`SegmentationDataset` lives in `segdata.dataset` and is imported on first use, so `launch.py data ...` and
+code that only needs `IGNORE` do not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from segdata.check import DataReport, check_dataset, class_frequencies, validated_samples
+from segdata.files import read_image, read_label
+from segdata.folder import Sample, SegFolder, open_dataset
+from segdata.meta import IGNORE, DataError, DatasetMeta
+from segdata.resolve import resolve_data
+from segdata.transforms import EvalTransform, Letterbox, TrainTransform
+
+if TYPE_CHECKING:
+    from segdata.dataset import SegmentationDataset
+
+__all__ = [
+    "IGNORE", "DataError", "DataReport", "DatasetMeta", "EvalTransform", "Letterbox", "Sample", "SegFolder",
+    "SegmentationDataset", "TrainTransform", "check_dataset", "class_frequencies", "open_dataset",
+    "read_image", "read_label", "resolve_data", "validated_samples",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SegmentationDataset":
+        from segdata.dataset import SegmentationDataset
+
+        return SegmentationDataset
+    raise AttributeError(f"module 'segdata' has no attribute {name!r}")

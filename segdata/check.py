@@ -18,7 +18,7 @@ from segdata.meta import IGNORE, DataError, DatasetMeta
 
 @dataclass
 class DataReport:
-    """Counts, sizes, class shares and problems of a dataset; `format()` is what `launch.py data check` prints."""
+    """Counts, sizes, class shares and problems of a dataset; `format()` is what `data check` prints."""
 
     root: str
     meta: DatasetMeta
@@ -50,7 +50,8 @@ class DataReport:
             more = len(self.image_sizes) - 5
             lines.append(f"  image sizes (W x H): {sizes}" + (f" and {more} more" if more > 0 else ""))
         if self.class_shares:
-            lines.append(f"  class shares (of labelled pixels; {self.ignored_share:.1%} of all pixels ignored):")
+            lines.append(f"  class shares (of labelled pixels; {self.ignored_share:.1%} of all pixels "
+                         "ignored):")
             width = max(len(name) for name in self.class_shares)
             lines += [f"    {i:3d} {name:<{width}} {share:7.2%}"
                       for i, (name, share) in enumerate(self.class_shares.items())]
@@ -58,8 +59,8 @@ class DataReport:
         if self.ok:
             lines.append("OK: no problems found")
         else:
-            lines.append(f"{len(self.problems)} problem(s) ({len(self.bad_names)} bad pairs); fix them, or train "
-                         "with --skip-bad to leave the bad pairs out:")
+            lines.append(f"{len(self.problems)} problem(s) ({len(self.bad_names)} bad pairs); fix them, or "
+                         "train with --skip-bad to leave the bad pairs out:")
             lines += [f"  - {problem}" for problem in self.problems]
         return "\n".join(lines)
 
@@ -76,7 +77,7 @@ class _Inspection:
 
 
 def _inspect(sample: Sample) -> _Inspection:
-    """Read a pair once: decode the image (size, channels, content hash) and histogram the raw label values."""
+    """Read a pair once: decode the image (size, channels, content hash), histogram the raw label values."""
     result = _Inspection()
     try:
         data = files.read_bytes(sample.image)
@@ -97,9 +98,10 @@ def _inspect(sample: Sample) -> _Inspection:
 
 
 def check_dataset(root_or_folder: str | SegFolder, *, num_classes: int | None = None,
-                  classes: list[str] | None = None, label_mode: str | None = None, threshold: int | None = None,
-                  target_below: bool | None = None, ignore_index: int | None = None, val_fraction: float = 0.2,
-                  split_seed: int = 0, splits: Sequence[str] = ("train", "val")) -> DataReport:
+                  classes: list[str] | None = None, label_mode: str | None = None,
+                  threshold: int | None = None, target_below: bool | None = None,
+                  ignore_index: int | None = None, val_fraction: float = 0.2, split_seed: int = 0,
+                  splits: Sequence[str] = ("train", "val")) -> DataReport:
     """Check the given splits; reads every image and label exactly once (in threads)."""
     if isinstance(root_or_folder, SegFolder):
         folder = root_or_folder
@@ -134,11 +136,11 @@ def check_dataset(root_or_folder: str | SegFolder, *, num_classes: int | None = 
         for sample in samples:
             if split not in member_of[sample.name]:
                 member_of[sample.name].append(split)
-            candidates = folder.image_candidates(sample.name)
+            name, candidates = sample.name, folder.image_candidates(sample.name)
             if len(candidates) > 1:
-                problem(f"{sample.name}: several image files ({', '.join(candidates)}); keep one", sample.name)
+                problem(f"{name}: several image files ({', '.join(candidates)}); keep one", name)
             if not candidates and sample.image.startswith(images_prefix):
-                problem(f"{sample.name}: listed in {source} but there is no image {sample.image}", sample.name)
+                problem(f"{name}: listed in {source} but there is no image {sample.image}", name)
                 continue
             to_read.setdefault(sample.name, sample)
     for name, in_splits in member_of.items():
@@ -179,7 +181,8 @@ def _judge(report: DataReport, meta: DatasetMeta, samples: dict[str, Sample],
             if stray:
                 problem(f"{name}: label {sample.label} has values {', '.join(map(str, stray))} outside the "
                         f"{meta.num_classes} classes (0..{meta.num_classes - 1}, ignore_index "
-                        f"{meta.ignore_index}); fix the label or set classes/ignore_index in dataset.yaml", name)
+                        f"{meta.ignore_index}); fix the label or set classes/ignore_index in dataset.yaml",
+                        name)
     for paths in by_digest.values():
         if len(paths) > 1:
             duplicates = [name for name, s in samples.items() if s.image in paths[1:]]

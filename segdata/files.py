@@ -1,7 +1,7 @@
-"""Reading through pyarrow.fs, so a dataset on object storage (s3://, gs://) is a new URI rather than a rewrite.
+"""Reading through pyarrow.fs, so a dataset on object storage (s3://, gs://) is a new URI, not a rewrite.
 
-Plain paths go to the local filesystem; anything with a scheme goes to `pyarrow.fs.FileSystem.from_uri`, cached
-per bucket/host so listing and reading thousands of files do not re-create clients.
+Plain paths go to the local filesystem; anything with a scheme goes to `pyarrow.fs.FileSystem.from_uri`,
+cached per bucket/host so listing and reading thousands of files do not re-create clients.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from urllib.parse import unquote, urlsplit
 import cv2
 import numpy as np
 import pyarrow.fs as pafs
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from segdata.meta import DataError, DatasetMeta
 
@@ -94,6 +94,8 @@ def decode(data: bytes, source: str) -> Image.Image:
     try:
         picture = Image.open(io.BytesIO(data))
         picture.load()
+    except UnidentifiedImageError:
+        raise DataError(f"{source}: unreadable image (not a format Pillow can decode)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"{source}: unreadable image ({exc})") from None
     return picture
@@ -125,11 +127,13 @@ def raw_label_array(picture: Image.Image, source: str) -> np.ndarray:
     if picture.mode.startswith("I") or picture.mode == "F":
         values = np.asarray(picture)
         if values.min() < 0 or values.max() > 255 or not np.array_equal(values, np.round(values)):
-            raise DataError(f"{source}: label values outside 0..255; labels hold class ids (at most 255 classes)")
+            raise DataError(f"{source}: label values outside 0..255; labels hold class ids "
+                            "(at most 255 classes)")
         return values.astype(np.uint8)
     rgb = np.asarray(picture.convert("RGB"))
     if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
-        raise DataError(f"{source}: a colour label image; labels must be grey or palette PNGs holding class ids")
+        raise DataError(f"{source}: a colour label image; labels must be grey or palette PNGs holding "
+                        "class ids")
     return np.ascontiguousarray(rgb[..., 0])
 
 

@@ -50,7 +50,7 @@ def _stem_index(folder: str) -> dict[str, list[str]]:
 
 
 def parse_split_file(text: str) -> list[str]:
-    """Names, one per line (VOC style: the first token); blank lines and # comments skipped, extensions dropped."""
+    """Names, one per line (VOC style: the first token); blanks and # comments skipped, extensions dropped."""
     names = []
     for line in text.splitlines():
         tokens = line.split("#", 1)[0].split()
@@ -136,7 +136,8 @@ class SegFolder:
         if pool_key:
             pool, source = parse_split_file(files.read_text(split_files[pool_key])), split_files[pool_key]
         else:
-            held_out = set(parse_split_file(files.read_text(split_files["test"]))) if "test" in split_files else set()
+            held_out = set(parse_split_file(files.read_text(split_files["test"])) if "test" in split_files
+                           else [])
             pool = [n for n in sorted(self._listing.images, key=natural_key) if n not in held_out]
             source = self.images_dir
         if "val" in split_files:
@@ -147,8 +148,8 @@ class SegFolder:
         return (train if split == "train" else val), f"{source} (val_fraction {self._val_fraction})"
 
     def samples(self, split: str) -> list[Sample]:
-        """Pairs of a split ('train', 'val', 'test' or a split file). Missing files keep their expected path so
-        reading them fails naming it; `check_dataset` / `validated_samples` report them all up front."""
+        """Pairs of a split ('train', 'val', 'test' or a split file). Missing files keep their expected path
+        so reading them fails naming it; `check_dataset` / `validated_samples` report them all up front."""
         names, _ = self.split_names(split)
         if split == "test" and "test" not in self._listing.split_files and self._listing.test_dir:
             test_index = _stem_index(self._listing.test_dir)
@@ -172,9 +173,10 @@ class SegFolder:
 
 
 def open_dataset(root: str, *, num_classes: int | None = None, classes: list[str] | None = None,
-                 label_mode: str | None = None, threshold: int | None = None, target_below: bool | None = None,
-                 ignore_index: int | None = None, val_fraction: float = 0.2, split_seed: int = 0) -> SegFolder:
-    """Open a dataset folder or URI. Flags override dataset.yaml; what neither says is inferred and warned about."""
+                 label_mode: str | None = None, threshold: int | None = None,
+                 target_below: bool | None = None, ignore_index: int | None = None, val_fraction: float = 0.2,
+                 split_seed: int = 0) -> SegFolder:
+    """Open a dataset folder or URI. Flags override dataset.yaml; what neither says is inferred, with a warning."""
     root = files.normalize_root(root)
     if files.path_kind(root) != "dir":
         raise DataError(f"dataset folder not found: {root}")
@@ -200,7 +202,7 @@ def _split_note(split_files: dict[str, str], val_fraction: float, split_seed: in
         return None
     if "val" in split_files:
         return f"no train.txt in {where}: train is every image not in val.txt"
-    pool = "train.txt" if "train" in split_files else "trainval.txt" if "trainval" in split_files else "the images"
+    pool = next((f"{key}.txt" for key in ("train", "trainval") if key in split_files), "the images")
     return (f"no val.txt in {where}: val is {val_fraction:.0%} of {pool}, chosen by name hash "
             f"(split_seed {split_seed})")
 
@@ -215,7 +217,8 @@ def _list_folder(root: str, settings: dict[str, Any]) -> _Listing:
         layout = "custom"
     elif layout is None:
         raise DataError(f"{root}: no dataset layout found; expected Images/ + Labels/ (tutorial) or "
-                        "JPEGImages/ + SegmentationClass/ (Pascal VOC), or images:/labels: keys in dataset.yaml")
+                        "JPEGImages/ + SegmentationClass/ (Pascal VOC), or images:/labels: keys in "
+                        "dataset.yaml")
     else:
         images_name, labels_name = LAYOUTS[layout]
     images_dir, labels_dir = files.join(root, images_name), files.join(root, labels_name)
@@ -227,15 +230,17 @@ def _list_folder(root: str, settings: dict[str, Any]) -> _Listing:
                    for f in files.list_files(split_dir) if f.endswith(".txt")}
     test_dir = next((files.join(root, t) for t in TEST_FOLDERS
                      if files.path_kind(files.join(root, t)) == "dir"), None)
-    return _Listing(root, layout, images_dir, labels_dir, images, _stem_index(labels_dir), split_files, test_dir)
+    labels = _stem_index(labels_dir)
+    return _Listing(root, layout, images_dir, labels_dir, images, labels, split_files, test_dir)
 
 
 def _class_names(settings: dict[str, Any], overrides: dict[str, Any]) -> list[str] | None:
-    """Flags before dataset.yaml; a --num-classes that differs from the file's names keeps the names it can."""
+    """Flags before dataset.yaml; a --num-classes that differs from the file's names keeps what it can."""
     if "classes" in overrides:
         names = [str(n) for n in overrides["classes"]]
         if overrides.get("num_classes", len(names)) != len(names):
-            raise DataError(f"num_classes {overrides['num_classes']} does not match the {len(names)} classes given")
+            raise DataError(f"num_classes {overrides['num_classes']} does not match the {len(names)} "
+                            "classes given")
         return names
     known = [str(n) for n in settings.get("classes", [])]
     count = overrides.get("num_classes", settings.get("num_classes", len(known) or None))
@@ -257,8 +262,8 @@ def _resolve_meta(listing: _Listing, settings: dict[str, Any], overrides: dict[s
         if label_mode is None and binary:
             label_mode = "threshold"
             inferred.append(f"label_mode threshold: the labels hold only the values 0 and 255 ({of_files}), "
-                            "so they are binary masks; class 1 is the darker value 0 as in ISBI (threshold 127, "
-                            "target_below true); set target_below: false if 255 marks your target")
+                            "so they are binary masks; class 1 is the darker value 0 as in ISBI (threshold "
+                            "127, target_below true); set target_below: false if 255 marks your target")
         elif label_mode is None:
             label_mode = "index"
             inferred.append(f"label_mode index: label values are class ids ({of_files})")
@@ -266,8 +271,8 @@ def _resolve_meta(listing: _Listing, settings: dict[str, Any], overrides: dict[s
             class_values = [v for v in values if v != ignore_index]
             count = max(2, max(class_values, default=0) + 1)
             if count > MAX_CLASSES:
-                raise DataError(f"{listing.labels_dir}: label value 255 seen but ignore_index is {ignore_index}; "
-                                "set ignore_index: 255 or classes in dataset.yaml")
+                raise DataError(f"{listing.labels_dir}: label value 255 seen but ignore_index is "
+                                f"{ignore_index}; set ignore_index: 255 or classes in dataset.yaml")
             classes = [f"class{i}" for i in range(count)]
             inferred.append(f"{count} classes from the largest label value {count - 1} ({of_files}; "
                             f"{ignore_index} is ignored); name them with classes: in dataset.yaml")
@@ -281,7 +286,7 @@ def _resolve_meta(listing: _Listing, settings: dict[str, Any], overrides: dict[s
 
 
 def _scan_label_values(listing: _Listing) -> tuple[set[int], int]:
-    """Raw values present in (an evenly spaced subset of) the label files; unreadable files are left to the check."""
+    """Raw values in (an evenly spaced subset of) the label files; unreadable files are left to the check."""
     stems = sorted(listing.labels, key=natural_key)
     if not stems:
         raise DataError(f"{listing.labels_dir}: no label files; labels are needed to tell the label mode "

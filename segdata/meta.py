@@ -1,7 +1,7 @@
 """Dataset metadata: the label encoding, `dataset.yaml` parsing and the error type shown to users.
 
-After the label mode is applied every label is a uint8 map of class ids with `IGNORE` for pixels that losses and
-metrics skip, so everything downstream (transforms, engine, metrics) handles one encoding only.
+After the label mode is applied every label is a uint8 map of class ids with `IGNORE` for pixels that losses
+and metrics skip, so everything downstream (transforms, engine, metrics) handles one encoding only.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ LABEL_MODES = ("index", "threshold")
 
 
 class DataError(ValueError):
-    """A problem with the user's data or data options; launch.py prints it as one line, without a traceback."""
+    """A problem with the user's data or data options; launch.py prints it as one line, no traceback."""
 
     user_error = True
 
 
 def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
-    """The Pascal VOC colour map, so VOC colours match and other sets get distinct colours without a config."""
+    """The Pascal VOC colour map: VOC colours match and other sets get distinct colours without a config."""
     ids = np.arange(num_classes)
     rgb = np.zeros((num_classes, 3), dtype=np.int64)
     for bit in range(8):
@@ -57,7 +57,8 @@ class DatasetMeta:
             raise DataError(f"threshold mode makes binary masks: it needs 2 classes, got {self.classes}")
         if self.in_channels not in (1, 3):
             raise DataError(f"in_channels {self.in_channels}: images must be grey (1) or RGB (3)")
-        self.colors = [tuple(int(v) for v in color) for color in self.colors] or default_palette(self.num_classes)
+        self.colors = ([tuple(int(v) for v in color) for color in self.colors]
+                       or default_palette(self.num_classes))
         if len(self.colors) < self.num_classes:
             raise DataError(f"colors has {len(self.colors)} entries for {self.num_classes} classes: give one "
                             "[R, G, B] per class")
@@ -67,7 +68,7 @@ class DatasetMeta:
         return len(self.classes)
 
     def label_lut(self) -> np.ndarray:
-        """A 256-entry table from raw label values to class ids / IGNORE: applying a label mode is one lookup."""
+        """256-entry table from raw label values to class ids / IGNORE: a label mode is one lookup."""
         values = np.arange(256)
         if self.label_mode == "threshold":
             target = values <= self.threshold if self.target_below else values > self.threshold
@@ -116,7 +117,8 @@ def parse_dataset_yaml(text: str, source: str) -> dict[str, Any]:
 
     checks = {
         "classes": (lambda v: isinstance(v, list) and 0 < len(v) <= MAX_CLASSES
-                    and all(isinstance(n, (str, int)) for n in v), f"a list of 1 to {MAX_CLASSES} class names"),
+                    and all(isinstance(n, (str, int)) for n in v),
+                    f"a list of 1 to {MAX_CLASSES} class names"),
         "num_classes": (lambda v: is_int(v, 1, MAX_CLASSES), f"an integer from 1 to {MAX_CLASSES}"),
         "label_mode": (lambda v: v in LABEL_MODES, " or ".join(LABEL_MODES)),
         "threshold": (lambda v: is_int(v, 0, 254), "an integer grey level from 0 to 254"),

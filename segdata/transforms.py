@@ -1,9 +1,9 @@
 """The tutorial's augmentation (get_random_data) and letterbox preprocessing, vectorised.
 
-Resize, flip and placement are one `cv2.warpAffine` per array into the visible window only, so a 2x zoom costs
-no more than the output; colour jitter is uint8 lookup tables; normalisation is a float lookup table that also
-writes the channel-first layout. Padding is IGNORE in labels (the tutorial pads with 0, which its threshold step
-turns into membrane).
+Resize, flip and placement are one `cv2.warpAffine` per array into the visible window only, so a 2x zoom
+costs no more than the output; colour jitter is uint8 lookup tables; normalisation is a float lookup table that
+also writes the channel-first layout. Padding is IGNORE in labels (the tutorial pads with 0, which its
+threshold step turns into membrane).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def _jitter_factor(rng: np.random.Generator, limit: float) -> float:
 
 
 class TrainTransform:
-    """Training augmentation with the tutorial's defaults (aspect jitter, scale, placement, flip, HSV jitter)."""
+    """Training augmentation with the tutorial's defaults: aspect jitter, scale, placement, flip, HSV."""
 
     def __init__(self, input_size: tuple[int, int], mean: Sequence[float], std: Sequence[float], *,
                  jitter: float = 0.3, scale: tuple[float, float] = (0.25, 2.0), flip: float = 0.5,
@@ -87,6 +87,7 @@ class TrainTransform:
                  ) -> tuple[np.ndarray, np.ndarray]:
         """image H x W x C uint8, label H x W uint8 class ids -> (C x h x w float32, h x w int64)."""
         h, w = self.input_size
+        label = np.asarray(label, np.uint8)
         if self.crop and (image.shape[0] > h or image.shape[1] > w):
             top = int(rng.integers(0, max(image.shape[0] - h, 0) + 1))
             left = int(rng.integers(0, max(image.shape[1] - w, 0) + 1))
@@ -102,7 +103,8 @@ class TrainTransform:
             nw = int(scale * w)
             nh = int(nw / aspect)
         nh, nw = max(nh, 1), max(nw, 1)
-        dx, dy = int(rng.uniform(0, w - nw)), int(rng.uniform(0, h - nh))
+        # the tutorial's rand(0, w - nw): negative when the image is larger, so it may start off the canvas
+        dx, dy = int(rng.random() * (w - nw)), int(rng.random() * (h - nh))
         flip = rng.uniform() < self.flip
         hue_shift = rng.uniform(-self.hue, self.hue)
         sat, val = _jitter_factor(rng, self.sat), _jitter_factor(rng, self.val)
@@ -163,6 +165,7 @@ class EvalTransform:
     def __call__(self, image: np.ndarray, label: np.ndarray | None = None
                  ) -> tuple[np.ndarray, np.ndarray | None, Letterbox]:
         (h, w), (ih, iw) = self.input_size, image.shape[:2]
+        label = None if label is None else np.asarray(label, np.uint8)
         scale = min(w / iw, h / ih)
         nw, nh = max(int(iw * scale), 1), max(int(ih * scale), 1)
         box = Letterbox((ih, iw), (h, w), (h - nh) // 2, (w - nw) // 2, nh, nw)

@@ -36,3 +36,14 @@ def tune(args: argparse.Namespace) -> int:
     tune_run(settings, name=args.name, storage_root=args.storage or settings.train.storage,
              address=args.address, resume=args.resume, overwrite=args.overwrite)
     return 0
+
+
+def encoders(args: argparse.Namespace) -> int:
+    """`launch.py encoders [PATTERN]`: the registered encoders, installed plugins and --plugin ones included."""
+    import plugins
+    import zoo
+
+    plugins.autoload()
+    plugins.load_plugins(args.plugin or [])
+    print(zoo.encoder_table(args.pattern))
+    return 0

@@ -183,7 +183,7 @@ def _validate(obj: Any, where: str) -> None:
         ("lr_decay", 0 < c.lr_decay <= 1, "a number in (0, 1]"),
         ("workers", c.workers >= 0, "an integer >= 0 (0 = in-process debug mode)"),
         ("cpus_per_worker", c.cpus_per_worker >= 1, "an integer >= 1"),
-        ("freeze_epochs", 0 <= c.freeze_epochs, "an integer >= 0"),
+        ("freeze_epochs", c.freeze_epochs >= 0, "an integer >= 0"),
         ("patience", c.patience >= 1, "an integer >= 1"),
         ("val_fraction", 0 < c.val_fraction < 1, "a number in (0, 1)"),
         ("keep_checkpoints", c.keep_checkpoints >= 1, "an integer >= 1"),

@@ -34,6 +34,8 @@ def connect(address: str | None) -> bool:
         ray.init(address=address, logging_level="ERROR", log_to_driver=True, runtime_env=env)
         return False
     ray.init(logging_level="ERROR", runtime_env=env)
+    # Helper processes (Train's placement-group cleaner) find this instance even if other clusters run here.
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     return True
 
 
@@ -85,6 +87,7 @@ def make_trainer(train_func: Callable, config: dict[str, Any], cfg: TrainConfig,
             checkpoint_score_order=cfg.mode),
         worker_runtime_env={"py_modules": py_modules} if py_modules else None,
         callbacks=callbacks,
+        logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # our epoch lines say what matters
     )
     scaling = ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu,
                                       resources_per_worker={"CPU": cfg.cpus_per_worker,
@@ -125,3 +128,4 @@ def fit(prep, config_for: Callable[..., dict[str, Any]]) -> None:
     finally:
         if started:
             ray.shutdown()
+            os.environ.pop("RAY_ADDRESS", None)

@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -289,7 +290,7 @@ def tune_run(settings: TuneSettings, *, name: str | None, storage_root: str, add
 
     from segengine import raytrain
     from segengine.cluster import alive_node_ips, check_storage_for_cluster
-    from segengine.training import RunError, guard_run_name, prepare, save_config, ship_plugins
+    from segengine.training import RunError, prepare, save_config, ship_plugins
 
     base = replace(settings.train, name=name or f"tune-{settings.train.encoder}-{time.strftime('%Y%m%d-%H%M%S')}",
                    storage=storage_root, address=address, workers=settings.workers_per_trial,
@@ -359,6 +360,7 @@ def tune_run(settings: TuneSettings, *, name: str | None, storage_root: str, add
     finally:
         if started:
             ray.shutdown()
+            os.environ.pop("RAY_ADDRESS", None)
 
 
 def finish(grid, settings: TuneSettings, cfg: TrainConfig, tune_dir: str, searched: list[str], max_epochs: int,
@@ -381,7 +383,9 @@ def finish(grid, settings: TuneSettings, cfg: TrainConfig, tune_dir: str, search
                                                  len(epochs) < max_epochs else "finished")
         if result.error is not None and not epochs:
             status = "error"
-        rows.append({"trial": trial_id, **{k: result.config.get(k) for k in searched},
+        startup = (float(hist["time_this_iter_s"].iloc[0] - hist["epoch_time_s"].iloc[0])
+                   if hist is not None and "time_this_iter_s" in hist.columns and len(hist) else float("nan"))
+        rows.append({"trial": trial_id, **{k: result.config.get(k) for k in searched}, "startup_s": startup,
                      f"best_{metric}": best_value, "epochs": int(max(epochs)) if epochs else 0, "status": status,
                      "error": str(result.error).splitlines()[-1][:200] if result.error else "",
                      "run_dir": run_dir, "_config": result.config})

@@ -262,7 +262,7 @@ class Trainer:
                          "scheduler": self.scheduler.state_dict(), "epoch": epoch, "rng": _rng_state(),
                          "history": self.history, "best": self.best, "stale_epochs": self.stale}
                 manifest = manifest_for(cfg, self.meta, self.model, self.norm, epoch, metrics)
-            path = self.reporter.report(metrics, state, manifest, epoch)
+            path = self.reporter.report(metrics, state, manifest, epoch + 1)
             if self.artifacts is not None:
                 self.artifacts.epoch_done(self.history, path, scores)
                 if self.verbose:
@@ -274,7 +274,7 @@ class Trainer:
         metrics = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "val_loss": scores["loss"],
                    "val_miou": scores["miou"], "val_mdice": scores["mdice"], "val_pixel_acc": scores["pixel_acc"],
                    "val_f_score": scores["f_score"], "images_per_s": images / max(train_time, 1e-9),
-                   "epoch_time_s": time.perf_counter() - epoch_start}
+                   "epoch_time_s": time.perf_counter() - epoch_start, "wall_time": time.time()}
         for name in self.meta.classes:
             metrics[f"val_iou_{name}"] = scores["iou"][name]
             metrics[f"val_dice_{name}"] = scores["dice"][name]

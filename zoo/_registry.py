@@ -132,8 +132,8 @@ def list_encoders(pattern: str = "*") -> list[str]:
 
 
 def _unknown(name: str, family: _Family | None) -> UnknownEncoderError:
-    candidates = list_encoders("*") + (family.list_names() if family else [])
-    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
+    candidates = set(list_encoders("*")) | set(family.list_names() if family else ())
+    close = difflib.get_close_matches(name, sorted(candidates), n=3, cutoff=0.6)
     hint = f"{LIST_HINT} '{family.prefix}*'" if family else LIST_HINT
     if close:
         return UnknownEncoderError(f"unknown encoder '{name}'; did you mean: {', '.join(close)}? ({hint})")

@@ -43,7 +43,8 @@ class Normalization:
 TUTORIAL = Normalization("tutorial", (127.5, 127.5, 127.5), (127.5, 127.5, 127.5))
 """x / 127.5 - 1, the Keras tutorial's preprocessing (and Keras MobileNet's)."""
 
-IMAGENET = Normalization("imagenet", tuple(m * 255 for m in _IMAGENET_MEAN), tuple(s * 255 for s in _IMAGENET_STD))
+IMAGENET = Normalization("imagenet", tuple(round(m * 255, 6) for m in _IMAGENET_MEAN),
+                         tuple(round(s * 255, 6) for s in _IMAGENET_STD))
 """The ImageNet statistics torchvision, timm and segmentation-models-pytorch weights were trained with."""
 
 Builder = Callable[..., "SegmentationModel"]

@@ -1,0 +1,52 @@
+"""torch Dataset glue: reads pairs, applies the label mode and a transform, with reproducible randomness."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from segdata.files import read_image, read_label, to_channels
+from segdata.folder import Sample
+from segdata.meta import IGNORE, DataError, DatasetMeta
+
+
+class SegmentationDataset(Dataset):
+    """(C x H x W float32, H x W int64) pairs.
+
+    Training randomness comes from `np.random.default_rng([seed, epoch, index])`: a sample's augmentation
+    depends only on those three numbers, so DDP workers (different indices) never repeat each other, DataLoader
+    worker processes need no seeding, and a rerun with the same seed gives identical batches. Call `set_epoch`
+    before each epoch; with `persistent_workers=True` the workers keep their own copy, so leave that off.
+    """
+
+    def __init__(self, samples: Sequence[Sample], meta: DatasetMeta, transform: Callable, *, seed: int = 0,
+                 train: bool = True) -> None:
+        self.samples = list(samples)
+        self.meta = meta
+        self.transform = transform
+        self.seed = int(seed)
+        self.train = train
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        sample = self.samples[index]
+        image = to_channels(read_image(sample.image), self.meta.in_channels)
+        label = None if sample.label is None else read_label(sample.label, self.meta)
+        if self.train:
+            if label is None:
+                raise DataError(f"{sample.image}: training needs a label for {sample.name!r}")
+            x, y = self.transform(image, label, np.random.default_rng([self.seed, self.epoch, index]))
+        else:
+            x, y, _ = self.transform(image, label)
+            if y is None:
+                y = np.full(x.shape[1:], IGNORE, np.int64)
+        return torch.from_numpy(x), torch.from_numpy(y)

@@ -1,0 +1,159 @@
+"""`launch.py train` on real Ray Train: learning, checkpoints, resume, failures and clear refusals."""
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, tiny_config
+
+from launch import main
+from segengine import checkpoint
+from segengine.reporting import make_reporter
+from segengine.training import train
+from segengine.worker import Trainer
+
+
+def _history(run_dir: str) -> list[dict]:
+    with open(Path(run_dir) / "history.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_two_workers_learn(trained_run, tmp_path):
+    history = _history(trained_run["run_dir"])
+    assert [int(h["epoch"]) for h in history] == list(range(1, 7))
+    losses = [float(h["train_loss"]) for h in history]
+    assert losses[-1] < losses[0]
+    cfg = tiny_config(storage=str(tmp_path), name="untrained")
+    untrained = Trainer(cfg, make_reporter("local", str(tmp_path / "u"), 1, cfg.metric, cfg.mode), verbose=False)
+    baseline = untrained._validate()["miou"]
+    final = trained_run["metrics"]["val_miou"]
+    assert final >= baseline + 0.15, (baseline, final)
+    assert json.loads((Path(trained_run["run_dir"]) / "workers.json").read_text())["worker_ips"].__len__() == 2
+    for name in ("loss.png", "miou.png", "config.yaml"):
+        assert (Path(trained_run["run_dir"]) / name).stat().st_size > 0
+    assert list((Path(trained_run["run_dir"]) / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_checkpoint_is_complete_and_safe(trained_run):
+    state, manifest = checkpoint.load(trained_run["best_checkpoint"])
+    assert manifest["encoder"] == "mini" and manifest["num_classes"] == 2 and manifest["in_channels"] == 1
+    assert manifest["config"]["lr"] == 3e-3 and manifest["normalization"]["mean"] == [127.5]
+    assert "model" in state and "optimizer" in state
+    broken = Path(trained_run["best_checkpoint"]).parent / "broken_copy"
+    import shutil
+
+    shutil.copytree(trained_run["best_checkpoint"], broken)
+    data = (broken / checkpoint.STATE_FILE).read_bytes()
+    (broken / checkpoint.STATE_FILE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(checkpoint.CheckpointError, match="does not match its manifest"):
+        checkpoint.load(str(broken))
+    shutil.rmtree(broken)
+
+
+def test_existing_name_is_refused_with_the_fix(trained_run, capsys):
+    storage, name = str(Path(trained_run["run_dir"]).parent), trained_run["name"]
+    code = main(["train", "--data", "synth:seed=0,n_train=16,n_val=8,size=64", "--storage", storage,
+                 "--name", name, "--workers", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--resume" in err and "--overwrite" in err and err.count("\n") == 1
+
+
+def test_resume_with_changed_config_lists_keys(trained_run, capsys):
+    storage, name = str(Path(trained_run["run_dir"]).parent), trained_run["name"]
+    code = main(["train", "--data", "synth:seed=0,n_train=16,n_val=8,size=64", "--storage", storage,
+                 "--name", name, "--resume", "--lr", "0.5", "--input-size", "64", "64", "--workers", "2",
+                 "--epochs", "9", "--batch-size", "4", "--lr-decay", "0.95", "--seed", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "lr differ" in err
+
+
+def test_impossible_resources_are_refused(ray_local, tmp_path, capsys):
+    code = main(["train", "--data", "synth:seed=0,n_train=16,n_val=8,size=64", "--storage", str(tmp_path),
+                 "--workers", "64", "--epochs", "1", "--input-size", "64", "64"])
+    err = capsys.readouterr().err
+    assert code == 2 and "needs 64 CPUs" in err and "--workers" in err
+
+
+def test_unknown_encoder_and_bad_key_are_one_line(tmp_path, capsys):
+    assert main(["train", "--encoder", "mobilnet", "--storage", str(tmp_path), "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "mobilenet" in err and err.count("\n") == 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lrr: 0.1\n")
+    assert main(["train", "--config", str(bad), "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'lrr'" in err and str(bad) in err
+
+
+def test_interrupted_run_resumes_where_it_stopped(tmp_path):
+    """A real Ctrl-C of the CLI after two epochs, then --resume: epochs and LR continue, history has each once."""
+    args = [sys.executable, str(REPO / "launch.py"), "train", "--data", "synth:seed=0,n_train=16,n_val=8,size=64",
+            "--input-size", "64", "64", "--batch-size", "4", "--epochs", "5", "--lr", "0.002", "--lr-decay", "0.5",
+            "--workers", "0", "--storage", str(tmp_path), "--name", "r"]
+    run_dir = tmp_path / "r"
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while len(checkpoint.list_complete(str(run_dir))) < 2 or not (run_dir / "history.csv").exists() \
+            or len(_history(str(run_dir))) < 2:
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() else "timeout"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode != 0 and "--resume" in out, out
+    done = len(_history(str(run_dir)))
+    assert 2 <= done < 5
+    resumed = subprocess.run([*args, "--resume"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resumed from epoch {done}" in resumed.stdout
+    history = _history(str(run_dir))
+    assert [int(h["epoch"]) for h in history] == [1, 2, 3, 4, 5]
+    for h in history:
+        assert float(h["lr"]) == pytest.approx(0.002 * 0.5 ** (int(h["epoch"]) - 1))
+
+
+def test_killed_worker_process_is_survived(ray_local, tmp_path):
+    """SIGKILL one Ray Train worker mid-run: the run restarts from its last checkpoint and finishes."""
+    from ray.util.state import list_actors
+
+    cfg = tiny_config(storage=str(tmp_path), name="killed", epochs=5, max_failures=2)
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(train(cfg)), daemon=True)
+    thread.start()
+    run_dir = tmp_path / "killed"
+    deadline = time.time() + 300
+    while not (run_dir / "history.csv").exists() or len(_history(str(run_dir))) < 2:
+        assert thread.is_alive() and time.time() < deadline
+        time.sleep(0.2)
+    workers = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "RayTrainWorker" in a.class_name]
+    assert workers, "no Ray Train worker found"
+    import os
+
+    os.kill(workers[0].pid, signal.SIGKILL)
+    thread.join(timeout=400)
+    assert not thread.is_alive() and result, "run did not finish after the kill"
+    history = _history(str(run_dir))
+    assert [int(h["epoch"]) for h in history] == [1, 2, 3, 4, 5]
+
+
+def test_plugin_file_outside_repo_is_imported_on_workers(ray_local, tmp_path):
+    plugin = tmp_path / "outside" / "my_zoo_plugin.py"
+    plugin.parent.mkdir()
+    plugin.write_text(
+        "import zoo\n"
+        "from zoo import mini\n\n"
+        "@zoo.register_encoder('outside-mini', description='mini registered from a file outside the repo',\n"
+        "                      channels=(32, 64, 128), reductions=(1, 2, 4), input_multiple=4)\n"
+        "def build(num_classes, in_channels=3, **kw):\n"
+        "    return mini.build_mini(num_classes, in_channels, **kw)\n")
+    cfg = tiny_config(storage=str(tmp_path), name="plug", epochs=1, encoder="outside-mini",
+                      plugins=[str(plugin)])
+    summary = train(cfg)
+    assert checkpoint.read_manifest(summary["best_checkpoint"])["encoder"] == "outside-mini"
+
+

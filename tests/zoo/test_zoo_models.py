@@ -1,0 +1,97 @@
+"""Built-in models: exact parameter counts, input checks, the generic decoder, and the plugin kit on every
+built-in and a curated handful of timm / smp names."""
+
+import pytest
+import torch
+
+import zoo
+from zoo import InputSizeError, UNetDecoder
+from zoo.testing import check_encoder
+
+
+def trainable(model):
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_mini_matches_the_keras_summary():
+    assert trainable(zoo.create_model("mini", 21)) == 472_213
+    assert trainable(zoo.create_model("mini", 2)) == 471_586
+    assert zoo.get_spec("mini").params_at(21) == 472_213
+
+
+def test_mobilenet_matches_the_keras_summary():
+    model = zoo.create_model("mobilenet", 2)
+    assert trainable(model) == 6_483_586
+    stats = sum(b.numel() for n, b in model.named_buffers() if n.endswith(("running_mean", "running_var")))
+    assert trainable(model) + stats == 6_500_482  # what Keras reports, moving statistics included
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(m.eps == 1e-3 for m in bns)
+    assert model.model_kwargs == {"alpha": 1.0}
+
+
+def test_mobilenet_alpha_scales_the_encoder():
+    model = zoo.create_model("mobilenet", 2, alpha=0.5)
+    features = model.encoder(torch.zeros(1, 3, 64, 64))
+    assert [f.shape[1] for f in features] == [32, 64, 128, 256]
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 2, 64, 64)
+    assert model.model_kwargs == {"alpha": 0.5}
+
+
+def test_mini_dropout_is_active_in_training_only():
+    model = zoo.create_model("mini", 2)
+    x = torch.randn(1, 3, 16, 16)
+    model.train()
+    assert not torch.equal(model(x), model(x))
+    model.eval()
+    assert torch.equal(model(x), model(x))
+
+
+def test_input_checks_say_what_to_do():
+    model = zoo.create_model("mobilenet", 2)
+    with pytest.raises(InputSizeError) as info:
+        model(torch.zeros(1, 3, 100, 100))
+    assert str(info.value) == ("input 100x100 is not a multiple of 32 for encoder 'mobilenet'; "
+                               "use e.g. --input-size 96 96 or 128 128")
+    with pytest.raises(InputSizeError, match="--input-size 32 64 or 64 64"):
+        model(torch.zeros(1, 3, 40, 64))
+    with pytest.raises(InputSizeError, match="has 1 channels .* in_channels=3"):
+        model(torch.zeros(1, 1, 64, 64))
+    with pytest.raises(InputSizeError, match="4-D"):
+        model(torch.zeros(3, 64, 64))
+
+
+@pytest.mark.parametrize(("channels", "reductions", "size"), [
+    ((8, 16), (4, 8), 32),          # upsampled 4x without skips below the shallowest feature
+    ((6, 6, 6), (16, 16, 16), 32),  # transformer-like: equal strides are concatenated as they are
+    ((5,), (3,), 9),                # a stride that is not a power of two
+])
+def test_generic_decoder_returns_the_input_resolution(channels, reductions, size):
+    decoder = UNetDecoder(channels, reductions, num_classes=4)
+    features = [torch.randn(2, c, size // r, size // r) for c, r in zip(channels, reductions, strict=True)]
+    extra = torch.randn(2, 3, size, size)  # leading features beyond the declared ones are ignored
+    assert decoder([extra, *features]).shape == (2, 4, size, size)
+
+
+@pytest.mark.parametrize("name", ["mini", "mobilenet", "resnet50", "vgg", "vgg16_bn"])
+def test_builtins_pass_the_kit(name):
+    check_encoder(name)
+
+
+@pytest.mark.parametrize("name", ["timm-resnet18", "timm-efficientnet_b0", "timm-mobilenetv3_large_100",
+                                  "smp-resnet18", "smp-mobilenet_v2", "smp-efficientnet-b0"])
+def test_featured_plugin_encoders_pass_the_kit(name):
+    check_encoder(name, sizes=[(64, 64), (64, 96)])
+
+
+def test_the_kit_catches_a_wrong_declaration(registry):
+    spec = zoo.get_spec("mini")
+    zoo.register_encoder("mini-misdeclared", description="d", channels=(32, 64, 256), reductions=(1, 2, 4),
+                         input_multiple=4)(lambda num_classes, in_channels=3: _respec(
+                             spec.builder(num_classes, in_channels), "mini-misdeclared"))
+    with pytest.raises(AssertionError, match="spec declares"):
+        check_encoder("mini-misdeclared", in_channels=(3,), sizes=[(16, 16)])
+
+
+def _respec(model, name):
+    model.spec = zoo.get_spec(name)
+    return model
