@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from segdata import isbi, synth
 from segdata.check import DataReport, check_dataset, class_frequencies, validated_samples
 from segdata.files import read_image, read_label
 from segdata.folder import Sample, SegFolder, open_dataset
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 __all__ = [
     "IGNORE", "DataError", "DataReport", "DatasetMeta", "EvalTransform", "Letterbox", "Sample", "SegFolder",
     "SegmentationDataset", "TrainTransform", "check_dataset", "class_frequencies", "open_dataset",
-    "read_image", "read_label", "resolve_data", "validated_samples",
+    "isbi", "read_image", "read_label", "resolve_data", "synth", "validated_samples",
 ]
 
 

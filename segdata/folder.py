@@ -82,7 +82,8 @@ class _Listing:
     images: dict[str, list[str]]
     labels: dict[str, list[str]]
     split_files: dict[str, str]
-    test_dir: str | None
+    test_dir: str | None  # a folder of unlabelled test images (ISBI's Test/), used when there is no test.txt
+    test_images: dict[str, list[str]]
 
 
 class SegFolder:
@@ -117,13 +118,12 @@ class SegFolder:
     def split_names(self, split: str) -> tuple[list[str], str]:
         """The names a split lists (duplicates kept, for the check) and where the list came from."""
         split_files = self._listing.split_files
+        if split in ("train", "val") and not {"train", "val"} <= split_files.keys():
+            return self._derived_split(split)
         if split in split_files:
             return parse_split_file(files.read_text(split_files[split])), split_files[split]
-        if split in ("train", "val"):
-            return self._derived_split(split)
         if split == "test" and self._listing.test_dir:
-            test_dir = self._listing.test_dir
-            return sorted(_stem_index(test_dir), key=natural_key), test_dir
+            return sorted(self._listing.test_images, key=natural_key), self._listing.test_dir
         path = split if files.is_uri(split) or os.path.isabs(split) else os.path.abspath(split)
         if files.path_kind(path) == "file":
             return parse_split_file(files.read_text(path)), path
@@ -131,19 +131,20 @@ class SegFolder:
                         "or the path of a file listing names")
 
     def _derived_split(self, split: str) -> tuple[list[str], str]:
+        """train/val when their split files are missing: see `_split_note` for the rules."""
         split_files = self._listing.split_files
-        pool_key = next((key for key in ("train", "trainval") if key in split_files), None)
+        listed = {key: parse_split_file(files.read_text(path)) for key, path in split_files.items()
+                  if key in ("train", "trainval", "val", "test")}
+        pool_key = next((key for key in ("train", "trainval") if key in listed), None)
         if pool_key:
-            pool, source = parse_split_file(files.read_text(split_files[pool_key])), split_files[pool_key]
+            pool, source = listed[pool_key], split_files[pool_key]
         else:
-            held_out = set(parse_split_file(files.read_text(split_files["test"])) if "test" in split_files
-                           else [])
+            held_out = set(listed.get("val", [])) | set(listed.get("test", []))
             pool = [n for n in sorted(self._listing.images, key=natural_key) if n not in held_out]
             source = self.images_dir
-        if "val" in split_files:
-            val = set(parse_split_file(files.read_text(split_files["val"])))
-            chosen = [n for n in pool if n not in val] if split == "train" else sorted(val, key=natural_key)
-            return chosen, source
+        if "val" in listed:  # only train is missing
+            val = set(listed["val"])
+            return [n for n in pool if n not in val], source
         train, val = hash_split(pool, self._val_fraction, self._split_seed)
         return (train if split == "train" else val), f"{source} (val_fraction {self._val_fraction})"
 
@@ -151,9 +152,9 @@ class SegFolder:
         """Pairs of a split ('train', 'val', 'test' or a split file). Missing files keep their expected path
         so reading them fails naming it; `check_dataset` / `validated_samples` report them all up front."""
         names, _ = self.split_names(split)
-        if split == "test" and "test" not in self._listing.split_files and self._listing.test_dir:
-            test_index = _stem_index(self._listing.test_dir)
-            return [Sample(n, files.join(self._listing.test_dir, test_index[n][0]), None) for n in names]
+        listing = self._listing
+        if split == "test" and "test" not in listing.split_files and listing.test_dir:
+            return [Sample(n, files.join(listing.test_dir, listing.test_images[n][0]), None) for n in names]
         out = []
         for name in names:
             images, labels = self.image_candidates(name), self.label_candidates(name)
@@ -191,8 +192,8 @@ def open_dataset(root: str, *, num_classes: int | None = None, classes: list[str
     if split_note:
         meta.inferred.append(split_note)
     if meta.inferred:
-        warnings.warn(f"{root}: inferred " + "; ".join(meta.inferred) + ". Put the settings in dataset.yaml "
-                      "(or pass flags) to make them explicit.", UserWarning, stacklevel=2)
+        warnings.warn(f"{root}: inferred " + "; ".join(meta.inferred) + ". Label settings go in dataset.yaml "
+                      "(or flags), split lists in ImageSets/Segmentation/.", UserWarning, stacklevel=2)
     return SegFolder(listing, meta, val_fraction=val_fraction, split_seed=split_seed)
 
 
@@ -231,7 +232,8 @@ def _list_folder(root: str, settings: dict[str, Any]) -> _Listing:
     test_dir = next((files.join(root, t) for t in TEST_FOLDERS
                      if files.path_kind(files.join(root, t)) == "dir"), None)
     labels = _stem_index(labels_dir)
-    return _Listing(root, layout, images_dir, labels_dir, images, labels, split_files, test_dir)
+    test_images = _stem_index(test_dir) if test_dir else {}
+    return _Listing(root, layout, images_dir, labels_dir, images, labels, split_files, test_dir, test_images)
 
 
 def _class_names(settings: dict[str, Any], overrides: dict[str, Any]) -> list[str] | None:

@@ -1,9 +1,8 @@
 """The tutorial's augmentation (get_random_data) and letterbox preprocessing, vectorised.
 
-Resize, flip and placement are one `cv2.warpAffine` per array into the visible window only, so a 2x zoom
-costs no more than the output; colour jitter is uint8 lookup tables; normalisation is a float lookup table that
-also writes the channel-first layout. Padding is IGNORE in labels (the tutorial pads with 0, which its
-threshold step turns into membrane).
+Resizes are cv2 (bicubic image, nearest label on the same pixel-centre grid); colour jitter is uint8 lookup
+tables; normalisation is a float lookup table per channel that also writes the channel-first layout. Padding is
+IGNORE in labels (the tutorial pads with 0, which its threshold step turns into membrane).
 """
 
 from __future__ import annotations
@@ -33,36 +32,31 @@ def _normalise(image: np.ndarray, table: np.ndarray, value_lut: np.ndarray | Non
     if channels != table.shape[0]:
         raise ValueError(f"image has {channels} channel(s) but mean/std give {table.shape[0]}")
     out = np.empty((channels, *image.shape[:2]), np.float32)
-    for c in range(channels):
+    planes = [image[:, :, 0]] if channels == 1 else cv2.split(image)
+    for c, plane in enumerate(planes):
         lut = table[c] if value_lut is None else table[c][value_lut]
-        np.take(lut, image[:, :, c], out=out[c])
+        cv2.LUT(plane, lut, dst=out[c])
     return out
 
 
 def _place(image: np.ndarray, label: np.ndarray | None, size: tuple[int, int], out_hw: tuple[int, int],
            offset: tuple[int, int], flip: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Resize image (bicubic) and label (nearest) to size=(nh, nw), optionally mirror, and put them at
-    offset=(dy, dx) on an out_hw canvas of grey 128 / IGNORE. Parts off the canvas are cropped."""
+    """Resize image (bicubic) and label (nearest, same pixel-centre convention) to size=(nh, nw), put them at
+    offset=(dy, dx) on an out_hw canvas of grey 128 / IGNORE (parts off the canvas are cut), optionally
+    mirror the canvas."""
     (nh, nw), (h, w), (dy, dx) = size, out_hw, offset
-    ih, iw = image.shape[:2]
     canvas = np.full((h, w, image.shape[2]), PAD_GREY, np.uint8)
     label_canvas = None if label is None else np.full((h, w), IGNORE, np.uint8)
     x0, x1, y0, y1 = max(dx, 0), min(dx + nw, w), max(dy, 0), min(dy + nh, h)
-    if x1 <= x0 or y1 <= y0:
-        return canvas, label_canvas
-    sx, sy = nw / iw, nh / ih
-    # source pixel centre -> canvas pixel centre (cv2.resize's convention), shifted into the visible window
+    if x1 > x0 and y1 > y0:
+        visible = (slice(y0 - dy, y1 - dy), slice(x0 - dx, x1 - dx))
+        resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_CUBIC).reshape(nh, nw, image.shape[2])
+        canvas[y0:y1, x0:x1] = resized[visible]
+        if label is not None:
+            label_canvas[y0:y1, x0:x1] = cv2.resize(label, (nw, nh), interpolation=cv2.INTER_NEAREST_EXACT)[visible]
     if flip:
-        ax, bx = -sx, dx + nw - 0.5 - 0.5 * sx
-    else:
-        ax, bx = sx, dx + 0.5 * sx - 0.5
-    matrix = np.array([[ax, 0.0, bx - x0], [0.0, sy, dy + 0.5 * sy - 0.5 - y0]])
-    window = (x1 - x0, y1 - y0)
-    warped = cv2.warpAffine(image, matrix, window, flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
-    canvas[y0:y1, x0:x1] = warped.reshape(y1 - y0, x1 - x0, image.shape[2])
-    if label is not None:
-        label_canvas[y0:y1, x0:x1] = cv2.warpAffine(label, matrix, window, flags=cv2.INTER_NEAREST,
-                                                    borderMode=cv2.BORDER_REPLICATE)
+        canvas = np.ascontiguousarray(canvas[:, ::-1])
+        label_canvas = None if label_canvas is None else np.ascontiguousarray(label_canvas[:, ::-1])
     return canvas, label_canvas
 
 

@@ -47,3 +47,27 @@ def encoders(args: argparse.Namespace) -> int:
     plugins.load_plugins(args.plugin or [])
     print(zoo.encoder_table(args.pattern))
     return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from segengine.inference import evaluate as run_evaluate
+
+    run_evaluate(args.checkpoint, args.data, split=args.split, workers=args.workers, out=args.out,
+                 address=args.address, plugin_refs=args.plugin)
+    return 0
+
+
+def predict(args: argparse.Namespace) -> int:
+    """Exit 1 when some inputs were unreadable (the others are written)."""
+    from segengine.inference import predict as run_predict
+
+    result = run_predict(args.checkpoint, args.inputs, args.out, tile=args.tile, overlap=args.overlap,
+                         counts=args.counts, plugin_refs=args.plugin)
+    return 1 if result.skipped else 0
+
+
+def export(args: argparse.Namespace) -> int:
+    from segengine.inference import export as run_export
+
+    run_export(args.checkpoint, args.format, args.out, plugin_refs=args.plugin)
+    return 0

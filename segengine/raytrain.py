@@ -76,7 +76,7 @@ def storage_args(path: str) -> dict[str, Any]:
 
 
 def make_trainer(train_func: Callable, config: dict[str, Any], cfg: TrainConfig, *, storage_path: str, name: str,
-                 use_gpu: bool, py_modules: list[str], callbacks: list | None = None) -> TorchTrainer:
+                 use_gpu: bool, callbacks: list | None = None) -> TorchTrainer:
     """A TorchTrainer that keeps the best `keep_checkpoints` by the metric plus the latest, and retries failures."""
     run_config = ray.train.RunConfig(
         name=name,
@@ -85,7 +85,6 @@ def make_trainer(train_func: Callable, config: dict[str, Any], cfg: TrainConfig,
         checkpoint_config=ray.train.CheckpointConfig(
             num_to_keep=cfg.keep_checkpoints, checkpoint_score_attribute=cfg.metric,
             checkpoint_score_order=cfg.mode),
-        worker_runtime_env={"py_modules": py_modules} if py_modules else None,
         callbacks=callbacks,
         logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # our epoch lines say what matters
     )
@@ -108,7 +107,7 @@ def failure_message(exc: BaseException) -> str:
 
 def fit(prep, config_for: Callable[..., dict[str, Any]]) -> None:
     """Fit `launch.py train` on Ray Train; Ray processes we started are stopped on exit (Ctrl-C included)."""
-    from segengine.training import RunError, print_plan, ship_plugins
+    from segengine.training import RunError, print_plan
     from segengine.worker import train_func
 
     cfg = prep.cfg
@@ -118,9 +117,8 @@ def fit(prep, config_for: Callable[..., dict[str, Any]]) -> None:
         use_gpu = wants_gpu(cfg, cfg.workers)
         check_resources(cfg.workers, cfg.cpus_per_worker, use_gpu)
         print_plan(prep, cfg.workers, use_gpu)
-        modules, py_modules = ship_plugins(cfg.plugins)
-        trainer = make_trainer(train_func, config_for(prep, "train", modules), cfg, storage_path=cfg.storage,
-                               name=cfg.name, use_gpu=use_gpu, py_modules=py_modules)
+        trainer = make_trainer(train_func, config_for(prep, "train"), cfg, storage_path=cfg.storage,
+                               name=cfg.name, use_gpu=use_gpu)
         try:
             trainer.fit()
         except ray.train.TrainingFailedError as exc:

@@ -3,8 +3,6 @@ the worker function on Ray Train's TorchTrainer (or in-process with `--workers 0
 
 from __future__ import annotations
 
-import hashlib
-import shutil
 import sys
 import tempfile
 import time
@@ -23,7 +21,6 @@ from segengine.config import ConfigError, TrainConfig, diff_configs
 CONFIG_FILE = "config.yaml"
 # Keys that may change on --resume: the epoch budget, and where the driver connects from.
 RESUMABLE_KEYS = {"epochs", "address"}
-SHIPPED_PACKAGE = "unet_zoo_shipped_plugins"
 
 
 class RunError(RuntimeError):
@@ -108,28 +105,26 @@ def prepare(cfg: TrainConfig, *, resume: bool, overwrite: bool, command: str = "
     return PreparedRun(cfg, run_dir, meta, counts)
 
 
-def ship_plugins(refs: list[str]) -> tuple[list[str], list[str]]:
-    """Plugin files become modules of a package shipped to every node through the runtime env's py_modules.
+def ship_plugins(refs: list[str]) -> dict[str, str]:
+    """Plugin files travel to the workers as source text in the run config (any node, any working directory);
+    module names travel as names and must be importable there (installed, or in the job's working directory)."""
+    return {ref: Path(ref).read_text() if ref.endswith(".py") else "" for ref in refs}
 
-    Returns (module names the workers import, py_modules folders). Module names stay as they are: they must be
-    importable on the workers (installed, or in the job's working directory).
-    """
-    files = [r for r in refs if r.endswith(".py")]
-    if not files:
-        return list(refs), []
-    digest = hashlib.sha256("".join(sorted(files)).encode()).hexdigest()[:10]
-    pkg = Path(tempfile.gettempdir()) / f"unet-zoo-plugins-{digest}" / SHIPPED_PACKAGE
-    shutil.rmtree(pkg, ignore_errors=True)
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text('"""Plugin files shipped to Ray workers by launch.py."""\n')
-    modules = []
-    for ref in refs:
-        if ref.endswith(".py"):
-            shutil.copy2(ref, pkg / Path(ref).name)
-            modules.append(f"{SHIPPED_PACKAGE}.{Path(ref).stem}")
+
+def materialize_plugins(shipped: dict[str, str]) -> list[str]:
+    """On a worker: write shipped plugin files to a local folder; returns what `plugins.load_plugins` takes."""
+    if not any(shipped.values()):
+        return list(shipped)
+    folder = Path(tempfile.mkdtemp(prefix="unet-zoo-plugins-"))
+    refs = []
+    for ref, source in shipped.items():
+        if source:
+            target = folder / Path(ref).name
+            target.write_text(source)
+            refs.append(str(target))
         else:
-            modules.append(ref)
-    return modules, [str(pkg)]
+            refs.append(ref)
+    return refs
 
 
 def print_plan(prep: PreparedRun, workers: int, use_gpu: bool) -> None:
@@ -149,9 +144,9 @@ def resume_hint(cfg: TrainConfig, command: str = "train") -> str:
     return f"python launch.py {command} --name {cfg.name} --storage {cfg.storage} --resume"
 
 
-def run_config_dict(prep: PreparedRun, reporter: str, plugin_modules: list[str]) -> dict[str, Any]:
+def run_config_dict(prep: PreparedRun, reporter: str) -> dict[str, Any]:
     return {**prep.cfg.to_dict(), "_run": {"run_dir": prep.run_dir, "reporter": reporter,
-                                          "plugin_modules": plugin_modules, "verbose": True}}
+                                          "plugin_sources": ship_plugins(prep.cfg.plugins), "verbose": True}}
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
@@ -166,7 +161,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
             print_plan(prep, 0, False)
             from segengine.worker import train_func
 
-            train_func(run_config_dict(prep, "local", cfg.plugins))
+            train_func(run_config_dict(prep, "local"))
         else:
             raytrain.fit(prep, run_config_dict)
     except KeyboardInterrupt:

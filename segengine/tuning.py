@@ -154,7 +154,7 @@ def trial_func(config: dict[str, Any]) -> None:
     trial_id = tune.get_context().get_trial_id()
     trials_root = config["_trials_root"]
     run_dir = storage.join(trials_root, trial_id)
-    run = {"run_dir": run_dir, "plugin_modules": config["_plugin_modules"], "verbose": False}
+    run = {"run_dir": run_dir, "plugin_sources": config["_plugin_sources"], "verbose": False}
     if cfg.workers == 0:
         from segengine.worker import train_func
 
@@ -167,7 +167,7 @@ def trial_func(config: dict[str, Any]) -> None:
 
     trainer = make_trainer(train_func, {**cfg.to_dict(), "_run": {**run, "reporter": "train"}}, cfg,
                            storage_path=trials_root, name=trial_id, use_gpu=config["_use_gpu"],
-                           py_modules=config["_py_modules"], callbacks=[TuneReportCallback()])
+                           callbacks=[TuneReportCallback()])
     trainer.fit()
 
 
@@ -310,13 +310,12 @@ def tune_run(settings: TuneSettings, *, name: str | None, storage_root: str, add
         check_storage_for_cluster(cfg.storage, alive_node_ips())
         use_gpu = raytrain.wants_gpu(cfg, cfg.workers)
         resources, concurrent = plan_concurrency(settings, raytrain.cluster_capacity(), use_gpu)
-        modules, py_modules = ship_plugins(cfg.plugins)
         space = {**cfg.to_dict(), **_space(settings), **_class_weight_space(settings, meta)}
         class_freq = segdata.class_frequencies(
             segdata.validated_samples(segdata.open_dataset(segdata.resolve_data(cfg.data)), "train", cfg.skip_bad),
             meta).tolist() if EXPONENT_KEY in space else None
-        space.update({"_trials_root": storage.join(tune_dir, "trials"), "_plugin_modules": modules,
-                      "_py_modules": py_modules, "_use_gpu": use_gpu, "_num_classes": meta.num_classes,
+        space.update({"_trials_root": storage.join(tune_dir, "trials"), "_plugin_sources": ship_plugins(cfg.plugins),
+                      "_use_gpu": use_gpu, "_num_classes": meta.num_classes,
                       "_class_freq": class_freq})
         max_epochs = settings.scheduler.get("max_epochs", cfg.epochs)
         if settings.scheduler.get("type", "asha") == "asha":

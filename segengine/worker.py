@@ -102,7 +102,9 @@ def train_func(config: dict[str, Any]) -> None:
     cfg = TrainConfig.from_dict({k: v for k, v in config.items() if k != "_run"})
     reporter = make_reporter(run["reporter"], run["run_dir"], cfg.keep_checkpoints, cfg.metric, cfg.mode)
     plugins.autoload()
-    plugins.load_plugins(run.get("plugin_modules") or cfg.plugins)
+    from segengine.training import materialize_plugins
+
+    plugins.load_plugins(materialize_plugins(run.get("plugin_sources") or {}))
     Trainer(cfg, reporter, verbose=run.get("verbose", True)).fit()
 
 

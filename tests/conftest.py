@@ -45,8 +45,10 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR",
+        ray.init(num_cpus=4, logging_level="ERROR",  # the dashboard serves the state API (list_actors)
                  runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
+        # Ray's helper processes must find this instance even when other Ray clusters run on the machine.
+        os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     yield ray
 
 

@@ -10,15 +10,21 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from netns_cluster import REPO, HarnessError, NetnsCluster, SeaweedS3, missing_capabilities, remove_stale_namespaces
+from netns_cluster import (
+    BUCKET,
+    HarnessError,
+    NetnsCluster,
+    SeaweedS3,
+    copy_checkout,
+    missing_capabilities,
+    remove_stale_namespaces,
+)
 
-BUCKET = "unet-zoo"
 TIMINGS: dict[str, float] = {}
 
 
@@ -33,7 +39,7 @@ def ray_cluster() -> Iterator[NetnsCluster]:
     if problems:  # an error, not a skip: CI must never pass these tests by not running them
         pytest.fail("cannot run the multi-node tests here: " + "; ".join(problems), pytrace=False)
     remove_stale_namespaces()
-    root = Path(tempfile.mkdtemp(prefix="uzc", dir="/tmp"))  # short: Ray's socket paths live below it
+    root = Path(tempfile.mkdtemp(prefix="uzc-", dir="/tmp"))  # short: Ray's socket paths live below it
     cluster = NetnsCluster(root)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # a CI timeout's SIGTERM still tears down
     try:
@@ -78,17 +84,6 @@ def cluster(ray_cluster: NetnsCluster) -> NetnsCluster:
 def job_workdir(ray_cluster: NetnsCluster) -> Path:
     """A copy of what `ray job submit --working-dir .` ships from a checkout: the files git does not ignore."""
     return copy_checkout(ray_cluster.root / "jobs" / "repo")
-
-
-def copy_checkout(dest: Path) -> Path:
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, check=True).stdout.decode().split("\0")
-    for rel in filter(None, listed):
-        src = REPO / rel
-        if src.is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-    return dest
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

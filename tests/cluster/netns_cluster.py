@@ -36,6 +36,7 @@ SUBNET = "10.123.0"
 GCS_PORT = 6379
 DASHBOARD_PORT = 8265
 OBJECT_STORE_BYTES = 150 * 1024**2
+BUCKET = "unet-zoo"  # the bucket the s3_server fixture creates
 DEPS_HINT = "run `bash .ci/cluster-deps.sh` (as root) to install what the cluster tests need"
 
 
@@ -76,6 +77,17 @@ def run(argv: list[str], *, timeout: float = 60, env: dict[str, str] | None = No
 
 def file_tail(path: Path, lines: int = 40) -> str:
     return _tail(path.read_text(errors="replace"), lines) if path.exists() else f"({path} missing)"
+
+
+def copy_checkout(dest: Path) -> Path:
+    """What `ray job submit --working-dir .` ships from a checkout: the files git does not ignore."""
+    listed = run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO).stdout
+    for rel in filter(None, listed.split("\0")):
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    return dest
 
 
 def netns_pids(netns: str) -> list[int]:
@@ -368,14 +380,23 @@ class SeaweedS3:
             "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
         config.chmod(0o600)
         base = self.base_port
-        argv = [weed_binary() or "weed", "server", f"-ip={self.ip}", f"-ip.bind={self.ip}", f"-dir={data}",
-                f"-logdir={logs}", f"-master.port={base}", f"-volume.port={base + 1}", f"-filer.port={base + 2}",
+        argv = [weed_binary() or "weed", f"-logdir={logs}", "server", f"-ip={self.ip}", f"-ip.bind={self.ip}",
+                f"-dir={data}", f"-master.port={base}", f"-volume.port={base + 1}", f"-filer.port={base + 2}",
                 "-s3", f"-s3.port={self.port}", f"-s3.config={config}",
                 f"-filer.localSocket={self.root / 'filer.sock'}", f"-s3.localSocket={self.root / 's3.sock'}",
                 "-master.volumeSizeLimitMB=64", "-volume.max=16", "-volume.preStopSeconds=0",
                 "-s3.port.iceberg=0", "-s3.port.lance=0"]
         self.proc = self.cluster.popen(argv, self.root / "weed.log", cwd=self.root)
-        self.tool("wait", "--timeout", str(timeout), timeout=timeout + 30)
+        deadline = time.monotonic() + timeout
+        while True:  # short waits, so that a server that exits at once is reported at once
+            if self.proc.poll() is not None:
+                raise HarnessError(f"weed server exited {self.proc.returncode}:\n{file_tail(self.root / 'weed.log')}")
+            try:
+                self.tool("wait", "--timeout", "5", timeout=60)
+                break
+            except HarnessError:
+                if time.monotonic() > deadline:
+                    raise
         self.cluster.timings["s3_start_s"] = time.monotonic() - started
 
     def tool(self, *args: str, timeout: float = 120) -> dict:

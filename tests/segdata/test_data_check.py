@@ -75,6 +75,7 @@ def test_class_frequencies_count_pixels_and_skip_ignored(tmp_path):
         write_png(tmp_path / "Images" / f"{name}.png", np.zeros((2, 2), np.uint8))
         write_png(tmp_path / "Labels" / f"{name}.png", np.array(values, np.uint8).reshape(2, 2))
     (tmp_path / "dataset.yaml").write_text(THREE_CLASSES)
-    folder = segdata.open_dataset(str(tmp_path))
+    with pytest.warns(UserWarning, match="name hash"):
+        folder = segdata.open_dataset(str(tmp_path))
     samples = folder.samples("train") + folder.samples("val")
     assert np.allclose(segdata.class_frequencies(samples, folder.meta), [2 / 7, 4 / 7, 1 / 7])

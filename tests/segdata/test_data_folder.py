@@ -95,6 +95,21 @@ def test_split_without_split_files_is_deterministic_and_seeded(make_dataset, rec
     assert any("name hash" in str(w.message) for w in recwarn.list)
 
 
+def test_a_lone_split_file_decides_the_other_split(make_dataset):
+    names = [f"n{i}" for i in range(10)]
+    only_val = make_dataset(names, splits={"val": ["n1", "n2"], "test": ["n9"]}, root="only_val",
+                            yaml="label_mode: threshold\n")
+    with pytest.warns(UserWarning, match="train is every image not in val.txt"):
+        folder = segdata.open_dataset(str(only_val))
+    assert [s.name for s in folder.samples("train")] == ["n0", *names[3:9]]
+    only_train = make_dataset(names, splits={"train": names[:5]}, root="only_train",
+                              yaml="label_mode: threshold\n")
+    with pytest.warns(UserWarning, match="val is 50% of train.txt"):
+        folder = segdata.open_dataset(str(only_train), val_fraction=0.5)
+    train, val = ({s.name for s in folder.samples(split)} for split in ("train", "val"))
+    assert len(val) == 2 and train | val == set(names[:5]) and not train & val
+
+
 def test_splits_can_be_a_file_and_unknown_splits_name_the_known_ones(make_dataset, tmp_path):
     root = make_dataset(splits={"train": ["a", "b"], "val": ["c"]}, yaml="classes: [bg, fg]\nlabel_mode: threshold\n")
     folder = segdata.open_dataset(str(root))

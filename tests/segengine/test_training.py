@@ -64,13 +64,16 @@ def test_existing_name_is_refused_with_the_fix(trained_run, capsys):
     assert code == 2 and "--resume" in err and "--overwrite" in err and err.count("\n") == 1
 
 
-def test_resume_with_changed_config_lists_keys(trained_run, capsys):
+def test_resume_with_changed_config_lists_keys(trained_run, tmp_path, capsys):
+    """Only the epoch budget may change on --resume; anything else is listed and refused."""
+    import yaml
+
     storage, name = str(Path(trained_run["run_dir"]).parent), trained_run["name"]
-    code = main(["train", "--data", "synth:seed=0,n_train=16,n_val=8,size=64", "--storage", storage,
-                 "--name", name, "--resume", "--lr", "0.5", "--input-size", "64", "64", "--workers", "2",
-                 "--epochs", "9", "--batch-size", "4", "--lr-decay", "0.95", "--seed", "0"])
+    changed = tiny_config(storage=storage, name=name, lr=0.5, epochs=9).to_dict()
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(changed))
+    code = main(["train", "--config", str(tmp_path / "c.yaml"), "--resume"])
     err = capsys.readouterr().err
-    assert code == 2 and "lr differ" in err
+    assert code == 2 and "with a different config: lr differ" in err
 
 
 def test_impossible_resources_are_refused(ray_local, tmp_path, capsys):
@@ -149,8 +152,8 @@ def test_plugin_file_outside_repo_is_imported_on_workers(ray_local, tmp_path):
         "from zoo import mini\n\n"
         "@zoo.register_encoder('outside-mini', description='mini registered from a file outside the repo',\n"
         "                      channels=(32, 64, 128), reductions=(1, 2, 4), input_multiple=4)\n"
-        "def build(num_classes, in_channels=3, **kw):\n"
-        "    return mini.build_mini(num_classes, in_channels, **kw)\n")
+        "def build(num_classes, in_channels=3):\n"
+        "    return mini.mini(num_classes, in_channels)\n")
     cfg = tiny_config(storage=str(tmp_path), name="plug", epochs=1, encoder="outside-mini",
                       plugins=[str(plugin)])
     summary = train(cfg)

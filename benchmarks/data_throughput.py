@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""Training-transform throughput per core at 512 x 512 on the ISBI images: segdata vs the tutorial.
+
+The reference re-implements the tutorial's `get_random_data` + label/one-hot step as the tutorial prints it
+(bubbliiiing unet-pytorch `dataloader_medical.py`, Keras tutorial lineage): Pillow resize, flip and paste on a
+grey canvas, float32 HSV jitter through OpenCV, `pixel <= 127.5 -> membrane`, `np.eye` one-hot and
+`x / 127.5 - 1` in float64. It lives here only as the yardstick.
+
+Both sides start from decoded pictures (the transform alone), and again from the PNG files (what a DataLoader
+worker does per sample). OpenCV and torch run single-threaded, so the figures are per core.
+
+    .venv/bin/python benchmarks/data_throughput.py [--repeats 5] [--size 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+import segdata
+
+ISBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012"
+
+
+def rand(a: float = 0.0, b: float = 1.0) -> float:
+    return np.random.rand() * (b - a) + a
+
+
+def tutorial_get_random_data(image: Image.Image, label: Image.Image, input_shape: tuple[int, int],
+                             jitter: float = 0.3, hue: float = 0.1, sat: float = 1.5, val: float = 1.5):
+    """The tutorial's augmentation, step for step (its padding bug included: labels are padded with 0)."""
+    image = image.convert("RGB")
+    label = Image.fromarray(np.array(label))
+    h, w = input_shape
+    new_ar = w / h * rand(1 - jitter, 1 + jitter) / rand(1 - jitter, 1 + jitter)
+    scale = rand(0.25, 2)
+    if new_ar < 1:
+        nh = int(scale * h)
+        nw = int(nh * new_ar)
+    else:
+        nw = int(scale * w)
+        nh = int(nw / new_ar)
+    image = image.resize((nw, nh), Image.BICUBIC)
+    label = label.resize((nw, nh), Image.NEAREST)
+    label = label.convert("L")
+    flip = rand() < 0.5
+    if flip:
+        image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        label = label.transpose(Image.FLIP_LEFT_RIGHT)
+    dx = int(rand(0, w - nw))
+    dy = int(rand(0, h - nh))
+    new_image = Image.new("RGB", (w, h), (128, 128, 128))
+    new_label = Image.new("L", (w, h), (0))
+    new_image.paste(image, (dx, dy))
+    new_label.paste(label, (dx, dy))
+    image = new_image
+    label = new_label
+    hue = rand(-hue, hue)
+    sat = rand(1, sat) if rand() < 0.5 else 1 / rand(1, sat)
+    val = rand(1, val) if rand() < 0.5 else 1 / rand(1, val)
+    x = cv2.cvtColor(np.array(image, np.float32) / 255, cv2.COLOR_RGB2HSV)
+    x[..., 0] += hue * 360
+    x[..., 0][x[..., 0] > 1] -= 1
+    x[..., 0][x[..., 0] < 0] += 1
+    x[..., 1] *= sat
+    x[..., 2] *= val
+    x[x[:, :, 0] > 360, 0] = 360
+    x[:, :, 1:][x[:, :, 1:] > 1] = 1
+    x[x < 0] = 0
+    image_data = cv2.cvtColor(x, cv2.COLOR_HSV2RGB) * 255
+    return image_data, label
+
+
+def tutorial_sample(image: Image.Image, label: Image.Image, size: int, num_classes: int = 2):
+    """The tutorial dataset's __getitem__ after reading: augmentation, medical label step, one-hot, scaling."""
+    jpg, png = tutorial_get_random_data(image, label, (size, size))
+    jpg = np.transpose(np.array(jpg, np.float64) / 127.5 - 1, [2, 0, 1])
+    png = np.array(png)
+    modify_png = np.zeros_like(png)
+    modify_png[png <= 127.5] = 1
+    seg_labels = np.eye(num_classes + 1)[modify_png.reshape([-1])]
+    seg_labels = seg_labels.reshape((size, size, num_classes + 1))
+    return jpg, modify_png, seg_labels
+
+
+def median_ms(run: Callable[[int, int], object], count: int, repeats: int) -> float:
+    """Median over repeats of the mean milliseconds per image."""
+    timings = []
+    for repeat in range(repeats):
+        started = time.perf_counter()
+        for index in range(count):
+            run(repeat, index)
+        timings.append((time.perf_counter() - started) * 1000 / count)
+    return statistics.median(timings)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(ISBI), help="the ISBI 2012 folder (default: ../shared/...)")
+    parser.add_argument("--size", type=int, default=512, help="network input side (default 512)")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    np.random.seed(0)
+
+    folder = segdata.open_dataset(args.data)
+    samples, meta = folder.samples("train") + folder.samples("val"), folder.meta
+    pil_pairs = [(Image.open(s.image).copy(), Image.open(s.label).copy()) for s in samples]
+    grey_pairs = [(segdata.read_image(s.image), segdata.read_label(s.label, meta)) for s in samples]
+    rgb_pairs = [(np.repeat(image, 3, axis=2), label) for image, label in grey_pairs]
+    grey = segdata.TrainTransform((args.size, args.size), [127.5], [127.5])
+    rgb = segdata.TrainTransform((args.size, args.size), [127.5] * 3, [127.5] * 3)
+    dataset = segdata.SegmentationDataset(samples, meta, grey, seed=0)
+    n = len(samples)
+
+    def ours(transform, pairs):
+        return lambda repeat, i: transform(*pairs[i], np.random.default_rng([0, repeat, i]))
+
+    def tutorial_from_files(repeat: int, i: int):
+        return tutorial_sample(Image.open(samples[i].image), Image.open(samples[i].label), args.size)
+
+    def dataset_item(repeat: int, i: int):
+        dataset.set_epoch(repeat)
+        return dataset[i]
+
+    rows = [
+        ("tutorial get_random_data + one-hot", "RGB (converted)", "decoded",
+         median_ms(lambda repeat, i: tutorial_sample(*pil_pairs[i], args.size), n, args.repeats)),
+        ("segdata TrainTransform", "grey, 1 channel", "decoded", median_ms(ours(grey, grey_pairs), n, args.repeats)),
+        ("segdata TrainTransform", "RGB, 3 channels", "decoded", median_ms(ours(rgb, rgb_pairs), n, args.repeats)),
+        ("tutorial __getitem__", "RGB (converted)", "PNG files", median_ms(tutorial_from_files, n, args.repeats)),
+        ("segdata SegmentationDataset", "grey, 1 channel", "PNG files", median_ms(dataset_item, n, args.repeats)),
+    ]
+    reference = {"decoded": rows[0][3], "PNG files": rows[3][3]}
+    print(f"training transform, {args.size} x {args.size}, {n} ISBI images x {args.repeats} repeats, "
+          f"1 thread (cv2 {cv2.__version__}, numpy {np.__version__}); medians")
+    header = f"{'pipeline':<36} {'input':<16} {'from':<10} {'ms/img':>8} {'img/s/core':>11} {'speed-up':>9}"
+    print(header)
+    print("-" * len(header))
+    for name, channels, source, ms in rows:
+        print(f"{name:<36} {channels:<16} {source:<10} {ms:8.2f} {1000 / ms:11.1f} {reference[source] / ms:8.1f}x")
+    print(f"ratio (segdata grey vs tutorial, transform only): {rows[0][3] / rows[1][3]:.1f}x (goal >= 2x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""The whole path a cluster user takes, on a real two-node cluster (see conftest.py): `launch.py train` and
+`launch.py tune` submitted through the Jobs API or run from a shell on the head, shared-folder and S3 storage,
+data on S3, a plugin shipped only in the job's working directory, and a worker node that dies mid-run."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from netns_cluster import BUCKET, REPO, NetnsCluster, SeaweedS3, copy_checkout, file_tail
+
+pytestmark = pytest.mark.cluster
+
+SYNTH = "synth:n_train=16,n_val=4,size=64"
+PLUGIN_ENCODER = "job-only-tiny"
+PLUGIN_SOURCE = '''"""An encoder only the job's working directory holds; each build leaves a mark naming its node."""
+
+import os
+from pathlib import Path
+
+from torch import nn
+
+from zoo import SegmentationModel, UNetDecoder, get_spec, register_encoder
+
+CHANNELS = (8, 16)
+REDUCTIONS = (2, 4)
+
+
+class Encoder(nn.Module):
+    def __init__(self, in_channels):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(in_channels, 8, 3, stride=2, padding=1), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU())
+
+    def forward(self, x):
+        a = self.a(x)
+        return [a, self.b(a)]
+
+
+@register_encoder("job-only-tiny", description="test plugin shipped with a Ray job", channels=CHANNELS,
+                  reductions=REDUCTIONS, input_multiple=4)
+def build(num_classes, in_channels=3):
+    marks = os.environ.get("UZ_PLUGIN_MARKS")
+    if marks:
+        import ray
+
+        ip = ray.util.get_node_ip_address() if ray.is_initialized() else "driver"
+        Path(marks, f"{ip}-{os.getpid()}").touch()
+    return SegmentationModel(Encoder(in_channels), UNetDecoder(CHANNELS, REDUCTIONS, num_classes),
+                             get_spec("job-only-tiny"), num_classes, in_channels)
+'''
+
+
+def train_argv(*, storage: str, name: str, epochs: int = 2, data: str = SYNTH, encoder: str = "mini",
+               extra: tuple[str, ...] = ()) -> list[str]:
+    return ["python", "launch.py", "train", "--encoder", encoder, "--workers", "2", "--epochs", str(epochs),
+            "--input-size", "64", "64", "--batch-size", "4", "--data", data, "--storage", storage,
+            "--name", name, *extra]
+
+
+def history_rows(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def epochs_of(rows: list[dict[str, str]]) -> list[int]:
+    return [int(float(r["epoch"])) for r in rows]
+
+
+def secrets_of(cluster: NetnsCluster) -> list[str]:
+    return [cluster.s3_credentials["AWS_SECRET_ACCESS_KEY"], cluster.token_file.read_text().strip()]
+
+
+def assert_no_secret_in_folder(folder: Path, cluster: NetnsCluster) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file() and path.suffix in {".json", ".yaml", ".yml", ".csv", ".txt", ".log"}:
+            text = path.read_text(errors="replace")
+            assert not any(s in text for s in secrets_of(cluster)), f"a credential leaked into {path}"
+
+
+def assert_trained_on_both_nodes(cluster: NetnsCluster, run_dir: Path, epochs: int) -> None:
+    assert epochs_of(history_rows((run_dir / "history.csv").read_text())) == list(range(1, epochs + 1))
+    ips = json.loads((run_dir / "workers.json").read_text())["worker_ips"]
+    assert sorted(ips) == [cluster.head.ip, cluster.worker.ip], "one worker per node, each under its own address"
+    manifests = list(run_dir.rglob("manifest.json"))
+    assert manifests, f"no checkpoint (manifest.json) in {run_dir}"
+    assert_no_secret_in_folder(run_dir, cluster)
+
+
+def test_job_trains_on_both_nodes_with_checkpoints_in_shared_folder(cluster: NetnsCluster, job_workdir: Path):
+    storage = f"file://{cluster.shared}/runs"
+    job = cluster.submit_job(train_argv(storage=storage, name="job-shared"), working_dir=job_workdir)
+    assert job.status == "SUCCEEDED", job.explain()
+    assert_trained_on_both_nodes(cluster, cluster.shared / "runs" / "job-shared", epochs=2)
+    assert not any(s in job.output for s in secrets_of(cluster))
+
+
+def test_job_reads_data_from_s3_and_checkpoints_to_s3(cluster: NetnsCluster, s3_server: SeaweedS3,
+                                                      job_workdir: Path, tmp_path: Path):
+    """All on object storage: the dataset is streamed by workers on both nodes, runs land in the bucket, and the
+    credentials (from the nodes' environment) appear in no saved file and no log."""
+    data = tmp_path / "synth"
+    made = subprocess.run([sys.executable, "launch.py", "data", "synth", str(data), "--size", "64",
+                           "--n-train", "16", "--n-val", "4"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr
+    uploaded = s3_server.upload(data, f"{BUCKET}/data/synth")
+    assert "dataset.yaml" in uploaded and len(uploaded) >= 40
+
+    storage = s3_server.uri(f"{BUCKET}/runs")
+    job = cluster.submit_job(train_argv(storage=storage, name="job-s3", data=s3_server.uri(f"{BUCKET}/data/synth")),
+                             working_dir=job_workdir)
+    assert job.status == "SUCCEEDED", job.explain()
+    run = f"{BUCKET}/runs/job-s3"
+    files = s3_server.list(run)
+    assert {"history.csv", "workers.json", "config.yaml"} <= set(files), files
+    assert any(f.endswith("manifest.json") for f in files), files
+    assert epochs_of(history_rows(s3_server.read_text(f"{run}/history.csv"))) == [1, 2]
+    ips = json.loads(s3_server.read_text(f"{run}/workers.json"))["worker_ips"]
+    assert sorted(ips) == [cluster.head.ip, cluster.worker.ip]
+    for name in [f for f in files if f.endswith((".yaml", ".json", ".csv"))]:
+        text = s3_server.read_text(f"{run}/{name}")
+        assert not any(s in text for s in secrets_of(cluster)), f"a credential leaked into {run}/{name}"
+    assert not any(s in job.output for s in secrets_of(cluster))
+
+
+def test_plugin_shipped_only_in_the_working_dir_is_used_on_both_nodes(cluster: NetnsCluster):
+    workdir = copy_checkout(cluster.root / "jobs" / "with-plugin")
+    (workdir / "my_plugin.py").write_text(PLUGIN_SOURCE)
+    assert not (REPO / "my_plugin.py").exists()
+    marks = cluster.shared / "plugin-marks"
+    marks.mkdir()
+    job = cluster.submit_job(
+        train_argv(storage=f"file://{cluster.shared}/runs", name="job-plugin", encoder=PLUGIN_ENCODER,
+                   extra=("--plugin", "my_plugin.py")),
+        working_dir=workdir, runtime_env={"env_vars": {"UZ_PLUGIN_MARKS": str(marks)}})
+    assert job.status == "SUCCEEDED", job.explain()
+    run_dir = cluster.shared / "runs" / "job-plugin"
+    assert_trained_on_both_nodes(cluster, run_dir, epochs=2)
+    built_on = {mark.name.split("-")[0] for mark in marks.iterdir()}
+    assert {cluster.head.ip, cluster.worker.ip} <= built_on, f"plugin encoder built on {built_on}"
+    manifest = json.loads(next(run_dir.rglob("manifest.json")).read_text())
+    assert PLUGIN_ENCODER in json.dumps(manifest)
+
+
+def test_local_storage_path_refused_on_multi_node_cluster(cluster: NetnsCluster, tmp_path: Path):
+    target = tmp_path / "runs"
+    proc = cluster.run([*train_argv(storage=str(target), name="local"), "--address", cluster.gcs_address],
+                       timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "file://" in error[0] and str(target) in error[0], proc.stderr
+    assert not target.exists()
+
+
+def test_worker_node_killed_mid_run_recovers_from_last_checkpoint(cluster: NetnsCluster):
+    """Driver from a shell on the head (RAY_ADDRESS set, as `ray start` users do); the worker node dies after the
+    first finished epoch and comes back: the run restarts from the checkpoint, epochs already done are kept."""
+    epochs = 5
+    run_dir = cluster.shared / "runs" / "killed"
+    log = cluster.root / "killed-driver.log"
+    driver = cluster.popen(train_argv(storage=f"file://{cluster.shared}/runs", name="killed", epochs=epochs,
+                                      data="synth:n_train=32,n_val=8,size=64"),
+                           log, env={"RAY_ADDRESS": cluster.gcs_address})
+    try:
+        deadline = time.monotonic() + 300
+        history = run_dir / "history.csv"
+        while not (history.exists() and history_rows(history.read_text())):
+            assert driver.poll() is None, f"run ended before its first epoch:\n{file_tail(log)}"
+            assert time.monotonic() < deadline, f"no epoch finished in 300 s:\n{file_tail(log)}"
+            time.sleep(0.2)
+        cluster.kill_worker()
+        before = history_rows(history.read_text())
+        assert len(before) < epochs, "the run finished before the node was killed; make epochs longer"
+        cluster.probe("nodes", "--expect", cluster.head.ip, "--timeout", "120", timeout=200)  # death noticed
+        cluster.restart_worker()
+        driver.wait(timeout=480)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    assert driver.returncode == 0, file_tail(log, 80)
+    after = history_rows(history.read_text())
+    assert epochs_of(after) == list(range(1, epochs + 1)), "every epoch exactly once"
+    assert after[:len(before)] == before, "epochs finished before the failure are kept, not trained again"
+    ips = json.loads((run_dir / "workers.json").read_text())["worker_ips"]
+    assert sorted(ips) == [cluster.head.ip, cluster.worker.ip], "the restarted node hosts a worker again"
+
+
+def test_tune_on_cluster_results_readable_from_driver(cluster: NetnsCluster):
+    proc = cluster.run(["python", "launch.py", "tune", "--address", cluster.gcs_address,
+                        "--storage", f"file://{cluster.shared}/runs", "--name", "tune-cluster", "--samples", "2",
+                        "--epochs", "2", "--data", SYNTH, "--input-size", "64", "64"], timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    tune_dir = cluster.shared / "runs" / "tune-cluster"
+    rows = list(csv.DictReader((tune_dir / "results.csv").open()))
+    assert len(rows) == 2, rows
+    best = yaml.safe_load((tune_dir / "best.yaml").read_text())
+    assert isinstance(best, dict) and best.get("epochs") == 2, best
+    assert str(tune_dir / "best.yaml") in proc.stdout, "the driver prints where the best config lives"
+    assert_no_secret_in_folder(tune_dir, cluster)
+
+
+@pytest.fixture(autouse=True)
+def _clean_runs(ray_cluster: NetnsCluster):
+    """Each test starts with no run folders, so a rerun never meets `run already exists`."""
+    shutil.rmtree(ray_cluster.shared / "runs", ignore_errors=True)
+    shutil.rmtree(ray_cluster.shared / "plugin-marks", ignore_errors=True)
