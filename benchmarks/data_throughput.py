@@ -92,15 +92,17 @@ def tutorial_sample(image: Image.Image, label: Image.Image, size: int, num_class
     return jpg, modify_png, seg_labels
 
 
-def median_ms(run: Callable[[int, int], object], count: int, repeats: int) -> float:
-    """Median over repeats of the mean milliseconds per image."""
-    timings = []
+def median_ms(runs: list[Callable[[int, int], object]], count: int, repeats: int) -> list[float]:
+    """Median over repeats of the mean milliseconds per image, for each run. The runs take turns within every
+    repeat, so a busy machine slows all of them alike and the ratios stay fair."""
+    timings: list[list[float]] = [[] for _ in runs]
     for repeat in range(repeats):
-        started = time.perf_counter()
-        for index in range(count):
-            run(repeat, index)
-        timings.append((time.perf_counter() - started) * 1000 / count)
-    return statistics.median(timings)
+        for run, times in zip(runs, timings, strict=True):
+            started = time.perf_counter()
+            for index in range(count):
+                run(repeat, index)
+            times.append((time.perf_counter() - started) * 1000 / count)
+    return [statistics.median(times) for times in timings]
 
 
 def main() -> int:
@@ -135,12 +137,14 @@ def main() -> int:
 
     rows = [
         ("tutorial get_random_data + one-hot", "RGB (converted)", "decoded",
-         median_ms(lambda repeat, i: tutorial_sample(*pil_pairs[i], args.size), n, args.repeats)),
-        ("segdata TrainTransform", "grey, 1 channel", "decoded", median_ms(ours(grey, grey_pairs), n, args.repeats)),
-        ("segdata TrainTransform", "RGB, 3 channels", "decoded", median_ms(ours(rgb, rgb_pairs), n, args.repeats)),
-        ("tutorial __getitem__", "RGB (converted)", "PNG files", median_ms(tutorial_from_files, n, args.repeats)),
-        ("segdata SegmentationDataset", "grey, 1 channel", "PNG files", median_ms(dataset_item, n, args.repeats)),
+         lambda repeat, i: tutorial_sample(*pil_pairs[i], args.size)),
+        ("segdata TrainTransform", "grey, 1 channel", "decoded", ours(grey, grey_pairs)),
+        ("segdata TrainTransform", "RGB, 3 channels", "decoded", ours(rgb, rgb_pairs)),
+        ("tutorial __getitem__", "RGB (converted)", "PNG files", tutorial_from_files),
+        ("segdata SegmentationDataset", "grey, 1 channel", "PNG files", dataset_item),
     ]
+    milliseconds = median_ms([run for *_, run in rows], n, args.repeats)
+    rows = [(*row[:3], ms) for row, ms in zip(rows, milliseconds, strict=True)]
     reference = {"decoded": rows[0][3], "PNG files": rows[3][3]}
     print(f"training transform, {args.size} x {args.size}, {n} ISBI images x {args.repeats} repeats, "
           f"1 thread (cv2 {cv2.__version__}, numpy {np.__version__}); medians")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -154,7 +154,7 @@ def check_dataset(root_or_folder: str | SegFolder, *, num_classes: int | None = 
 
 
 def _judge(report: DataReport, meta: DatasetMeta, samples: dict[str, Sample],
-           inspections: dict[str, _Inspection], problem) -> None:
+           inspections: dict[str, _Inspection], problem: Callable[..., None]) -> None:
     lut = meta.label_lut()
     class_pixels = np.zeros(256, dtype=np.float64)
     by_digest: dict[bytes, list[str]] = defaultdict(list)

@@ -41,6 +41,9 @@ class SegmentationDataset(Dataset):
         sample = self.samples[index]
         image = to_channels(read_image(sample.image), self.meta.in_channels)
         label = None if sample.label is None else read_label(sample.label, self.meta)
+        if label is not None and label.shape != image.shape[:2]:  # a resize would hide it as misalignment
+            raise DataError(f"{sample.label} is {label.shape[1]}x{label.shape[0]} but {sample.image} is "
+                            f"{image.shape[1]}x{image.shape[0]}; run `launch.py data check`")
         if self.train:
             if label is None:
                 raise DataError(f"{sample.image}: training needs a label for {sample.name!r}")

@@ -270,13 +270,13 @@ def _resolve_meta(listing: _Listing, settings: dict[str, Any], overrides: dict[s
             label_mode = "index"
             inferred.append(f"label_mode index: label values are class ids ({of_files})")
         if label_mode == "index" and classes is None:
-            class_values = [v for v in values if v != ignore_index]
-            count = max(2, max(class_values, default=0) + 1)
+            largest = max((v for v in values if v != ignore_index), default=0)
+            count = max(2, largest + 1)
             if count > MAX_CLASSES:
                 raise DataError(f"{listing.labels_dir}: label value 255 seen but ignore_index is "
                                 f"{ignore_index}; set ignore_index: 255 or classes in dataset.yaml")
             classes = [f"class{i}" for i in range(count)]
-            inferred.append(f"{count} classes from the largest label value {count - 1} ({of_files}; "
+            inferred.append(f"{count} classes from the largest label value {largest} ({of_files}; "
                             f"{ignore_index} is ignored); name them with classes: in dataset.yaml")
     if classes is None:  # threshold mode named without classes
         classes = ["background", "foreground"]

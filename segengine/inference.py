@@ -175,8 +175,7 @@ def _window_weights(th: int, tw: int, overlap: float) -> np.ndarray:
 def open_eval_dataset(data: str, manifest: dict[str, Any]):
     """The dataset folder, read with its own dataset.yaml if it has one, else with the checkpoint's label
     encoding (classes, label mode, threshold, ignore value); splits as in training (the run's val_fraction)."""
-    resolve = getattr(segdata, "resolve_data", None)
-    root = resolve(data) if resolve is not None else data
+    root = segdata.resolve_data(data)
     config = manifest.get("config") or {}
     split_args = {"val_fraction": float(config.get("val_fraction", 0.2))}
     if storage.exists(storage.join(root, "dataset.yaml")):
@@ -190,7 +189,7 @@ def open_eval_dataset(data: str, manifest: dict[str, Any]):
 
 
 def _split_tag(split: str) -> str:
-    if split in ("train", "val", "test") or "/" not in split and "." not in split:
+    if "/" not in split and "." not in split:  # train, val, test or another split name
         return split
     return Path(split.split("?")[0]).stem or "split"
 
@@ -203,7 +202,7 @@ def default_eval_dir(checkpoint_path: str, split: str) -> str:
     return str(Path(storage.resolve(checkpoint_path)).parent / name)
 
 
-def _read_pair(predictor: Predictor, sample, meta) -> tuple[np.ndarray, np.ndarray]:
+def _read_pair(sample, meta) -> tuple[np.ndarray, np.ndarray]:
     image = segdata.read_image(sample.image)
     label = segdata.read_label(sample.label, meta)
     if label.shape != image.shape[:2]:
@@ -219,7 +218,7 @@ def evaluate_samples(predictor: Predictor, samples: Sequence, meta, progress: bo
     samples = list(samples)
     bar = _progress(len(samples), "evaluate", enabled=progress)
     for start in range(0, len(samples), BATCH):
-        pairs = [_read_pair(predictor, s, meta) for s in samples[start:start + BATCH]]
+        pairs = [_read_pair(s, meta) for s in samples[start:start + BATCH]]
         logits = predictor.letterbox_logits([image for image, _ in pairs])
         for lg, (_, label) in zip(logits, pairs, strict=True):
             acc.update(torch.from_numpy(lg[None]), torch.from_numpy(label[None].astype(np.int64)), 0.0)
@@ -228,14 +227,15 @@ def evaluate_samples(predictor: Predictor, samples: Sequence, meta, progress: bo
     return acc.cm.numpy(), acc.fscore_counts.numpy()
 
 
-def _evaluate_shard(state: dict[str, Any], manifest: dict[str, Any], plugin_modules: list[str],
+def _evaluate_shard(state: dict[str, Any], manifest: dict[str, Any], plugin_sources: dict[str, str],
                     samples: list, meta_dict: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """A Ray task: rebuild the model from its weights and sum the confusion matrix of one shard of files."""
     import plugins
     import zoo
+    from segengine.training import materialize_plugins
 
     plugins.autoload()
-    plugins.load_plugins(plugin_modules)
+    plugins.load_plugins(materialize_plugins(plugin_sources))
     model = zoo.create_model(manifest["encoder"], manifest["num_classes"], in_channels=manifest["in_channels"],
                              **manifest.get("model_kwargs", {}))
     model.load_state_dict(state)
@@ -247,19 +247,18 @@ def _evaluate_on_ray(predictor: Predictor, samples: list, meta, workers: int, ad
     """Shards of the split as Ray tasks (one CPU each), their confusion matrices summed on the driver."""
     import ray
 
+    import plugins
     from segengine.raytrain import connect
     from segengine.training import ship_plugins
 
     started = connect(address)
     try:
-        modules, py_modules = ship_plugins(plugin_refs)
+        shipped = ship_plugins(plugins.resolve_plugin_refs(plugin_refs))  # plugin files travel as source text
         task = ray.remote(num_cpus=1, max_retries=2)(_evaluate_shard)
-        if py_modules:
-            task = task.options(runtime_env={"py_modules": py_modules})
         state = ray.put({k: v.detach().cpu() for k, v in predictor.model.state_dict().items()})
         shards = [samples[i::workers] for i in range(workers) if samples[i::workers]]
         meta_dict = meta.to_dict()
-        pending = [task.remote(state, predictor.manifest, modules, shard, meta_dict) for shard in shards]
+        pending = [task.remote(state, predictor.manifest, shipped, shard, meta_dict) for shard in shards]
         bar = _progress(len(samples), f"evaluate ({len(shards)} Ray tasks)", enabled=True)
         sizes = {ref: len(shard) for ref, shard in zip(pending, shards, strict=True)}
         cm = np.zeros((predictor.num_classes,) * 2, np.int64)

@@ -146,10 +146,10 @@ class Trainer:
                                           seed=cfg.seed, drop_last=True)
         nw = _loader_workers(cfg)
         self.train_loader = DataLoader(self.train_set, batch_size=cfg.batch_size, sampler=self.sampler,
-                                       drop_last=True, num_workers=nw, persistent_workers=nw > 0,
+                                       drop_last=True, num_workers=nw,  # not persistent: set_epoch must reach them
                                        pin_memory=self.use_gpu)
         shard = torch.utils.data.Subset(val_set, _val_shard(len(val_set), self.rank, self.world))
-        self.val_loader = DataLoader(shard, batch_size=cfg.batch_size, num_workers=nw, persistent_workers=nw > 0)
+        self.val_loader = DataLoader(shard, batch_size=cfg.batch_size, num_workers=nw)
 
         if cfg.sync_bn and self.world > 1:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -242,9 +242,11 @@ class Trainer:
         ips = self._worker_ips()  # a collective: every rank takes part
         if self.artifacts is not None:
             self.artifacts.write_workers(ips)
+        reported = False
         for epoch in range(self.start_epoch, cfg.epochs):
             if self.stale >= cfg.patience:
                 break
+            reported = True
             epoch_start = time.perf_counter()
             lr = self.scheduler.get_last_lr()[1]
             train_loss, images, train_time = self._train_epoch(epoch)
@@ -271,6 +273,8 @@ class Trainer:
                     self._print_epoch(metrics, epoch)
             if self.stale >= cfg.patience and self.rank == 0 and self.verbose:
                 print(f"early stop: {cfg.metric} did not improve for {cfg.patience} epochs", flush=True)
+        if not reported and self.history:  # resumed after the end: repeat the last metrics for Tune/Train
+            self.reporter.report(self.history[-1], None, None, int(self.history[-1]["epoch"]))
 
     def _epoch_metrics(self, epoch, lr, train_loss, images, train_time, scores, epoch_start) -> dict[str, Any]:
         metrics = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "val_loss": scores["loss"],

@@ -249,10 +249,13 @@ class NetnsCluster:
         else:
             argv = ["ray", "start", f"--address={self.gcs_address}", *common]
         log = node.root / f"ray-start-{node.starts}.log"
+        # RAY_ADDRESS for the node's own processes: Ray's helpers that look for "the" local cluster (Train's
+        # placement-group cleaner, say) would otherwise also find other Ray instances on this machine.
+        env = self.env(node, RAY_ADDRESS=self.gcs_address)
         started = time.monotonic()
         with log.open("w") as out:  # a file, not a pipe: the daemons inherit it and outlive `ray start`
             proc = subprocess.run(["ip", "netns", "exec", node.netns, *argv], stdout=out, stderr=subprocess.STDOUT,
-                                  env=self.env(node), timeout=120, cwd=node.root)
+                                  env=env, timeout=120, cwd=node.root)
         if proc.returncode:
             raise HarnessError(f"`ray start` of the {node.role} failed ({proc.returncode}):\n{file_tail(log)}")
         self.timings[f"{node.role}_start_{node.starts}_s"] = time.monotonic() - started

@@ -1,0 +1,202 @@
+"""evaluate / predict / export on the shared trained checkpoint (a mini UNet on 64 px synthetic membranes)."""
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_SYNTH
+from PIL import Image
+
+import segdata
+from launch import main
+from segengine import checkpoint, inference
+
+
+@pytest.fixture(scope="module")
+def ckpt(trained_run) -> str:
+    return trained_run["best_checkpoint"]
+
+
+@pytest.fixture(scope="module")
+def synth_root() -> Path:
+    return Path(segdata.resolve_data(TINY_SYNTH))
+
+
+def _val_pairs(root: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    folder = segdata.open_dataset(str(root))
+    return [(segdata.read_image(s.image)[:, :, 0], segdata.read_label(s.label, folder.meta))
+            for s in folder.samples("val")]
+
+
+def test_evaluate_writes_outputs_close_to_training(ckpt, trained_run, synth_root, tmp_path):
+    result = inference.evaluate(ckpt, TINY_SYNTH, split="val", out=str(tmp_path), verbose=False)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["images"] == 8 and metrics["class_names"] == ["background", "membrane"]
+    # same weights and split as the run's validation: only the resolution handling differs (64 px set, 64 input)
+    assert metrics["miou"] == pytest.approx(trained_run["metrics"]["val_miou"], abs=0.03)
+    for key in ("pixel_acc", "miou", "mdice", "f_score"):
+        assert 0 < metrics[key] <= 1
+    for key in ("iou", "dice", "precision", "recall"):
+        assert set(metrics[key]) == {"background", "membrane"}
+    with open(tmp_path / "confusion_matrix.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0][1:] == ["background", "membrane"]
+    cm = np.array([[int(v) for v in row[1:]] for row in rows[1:]])
+    assert cm.sum() == 8 * 64 * 64  # threshold labels: every pixel of the split counted once, at original size
+    np.testing.assert_array_equal(cm, result.confusion)
+    # membrane share of the labels is what the files say
+    labels = np.concatenate([label.ravel() for _, label in _val_pairs(synth_root)])
+    assert cm[1].sum() == int((labels == 1).sum())
+    assert (tmp_path / "per_class_iou.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_cli_on_ray_tasks_default_folder(ckpt, trained_run, ray_local, capsys):
+    """launch.py wiring; --workers 2 sums the confusion matrices of two Ray tasks; default out = eval-val."""
+    code = main(["evaluate", ckpt, "--data", TINY_SYNTH, "--workers", "2"])
+    out = capsys.readouterr().out
+    assert code == 0 and "mIoU" in out and "membrane" in out
+    folder = Path(ckpt).parent / "eval-val"
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert metrics["images"] == 8
+        assert metrics["miou"] == pytest.approx(trained_run["metrics"]["val_miou"], abs=0.03)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_predict_odd_sizes_tiles_and_bad_inputs(ckpt, synth_root, tmp_path, capsys):
+    pairs = _val_pairs(synth_root)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i, (image, _) in enumerate(pairs[:2]):  # odd sizes: letterboxed and mapped back
+        Image.fromarray(image).resize((77, 53), Image.BILINEAR).save(inputs / f"odd{i}.png")
+    # a 150 x 170 mosaic of validation images, larger than the 64 x 64 input: tiled at native resolution
+    mosaic = np.block([[pairs[0][0], pairs[1][0], pairs[2][0]], [pairs[3][0], pairs[4][0], pairs[5][0]],
+                       [pairs[6][0], pairs[7][0], pairs[0][0]]])[:150, :170]
+    mosaic_label = np.block([[pairs[0][1], pairs[1][1], pairs[2][1]], [pairs[3][1], pairs[4][1], pairs[5][1]],
+                             [pairs[6][1], pairs[7][1], pairs[0][1]]])[:150, :170]
+    Image.fromarray(mosaic).save(inputs / "large.png")
+    (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    out = tmp_path / "out"
+    code = main(["predict", ckpt, str(inputs), str(tmp_path / "nothing-*.png"), "--out", str(out), "--tile",
+                 "--counts"])
+    err = capsys.readouterr().err
+    assert code == 1  # some inputs skipped, the others written
+    assert "broken.png" in err and "unreadable" in err and "nothing-*.png" in err
+    for stem, size in (("odd0", (77, 53)), ("odd1", (77, 53)), ("large", (170, 150))):
+        for kind in ("mask", "color", "overlay", "cutout"):
+            assert Image.open(out / f"{stem}_{kind}.png").size == size, (stem, kind)
+        assert Image.open(out / f"{stem}_mask.png").mode == "L"
+    assert not list(out.glob("broken*"))
+    mask = np.array(Image.open(out / "large_mask.png"))
+    assert set(np.unique(mask)) <= {0, 1}
+    tiled_accuracy = float((mask == mosaic_label).mean())
+    assert tiled_accuracy > 0.8, tiled_accuracy
+    colour = np.array(Image.open(out / "large_color.png"))
+    manifest = checkpoint.read_manifest(ckpt)
+    np.testing.assert_array_equal(colour[mask == 1][0], manifest["colors"][1])
+    with open(out / "counts.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [Path(r["image"]).name for r in rows] == ["large.png", "odd0.png", "odd1.png"]
+    large = rows[0]
+    assert int(large["background_pixels"]) + int(large["membrane_pixels"]) == 150 * 170
+    assert int(large["membrane_pixels"]) == int((mask == 1).sum())
+
+
+def test_tiled_prediction_blends_windows(ckpt):
+    """Windows cover every pixel with positive weight; an image exactly one window large equals one pass."""
+    assert inference._window_starts(170, 64, 0.25) == [0, 48, 96, 106]
+    assert inference._window_starts(50, 64, 0.25) == [0]
+    weights = inference._window_weights(64, 64, 0.25)
+    assert weights.min() > 0 and weights.max() == 1.0
+    predictor = inference.Predictor.from_checkpoint(ckpt)
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 1), dtype=np.uint8)
+    probs = predictor.tiled_probabilities(image, 0.25)
+    with torch.no_grad():
+        mean, std = predictor.mean[0], predictor.std[0]
+        x = torch.from_numpy(((image[:, :, 0].astype(np.float32) - mean) / std)[None, None])
+        direct = torch.softmax(predictor.model(x), 1)[0].numpy()
+    np.testing.assert_allclose(probs, direct, atol=1e-6)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_matches_pytorch(ckpt, tmp_path, fmt, capsys):
+    path = tmp_path / ("model.onnx" if fmt == "onnx" else "model.pt")
+    result = inference.export(ckpt, fmt, str(path))
+    printed = capsys.readouterr().out
+    assert "max abs diff" in printed and "tolerance" in printed
+    assert [c["shape"] for c in result.checks] == [[2, 1, 64, 64], [1, 1, 68, 72]]
+    assert all(c["max_abs_diff"] <= c["tolerance"] <= inference.EXPORT_TOLERANCE * 100 for c in result.checks)
+    # and independently of export()'s own check: a third batch size and spatial size
+    model, _ = checkpoint.build_model(ckpt)
+    x = torch.randn(3, 1, 96, 40, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = model(x).numpy()
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        import onnx
+
+        meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+        assert json.loads(meta["unet_zoo"])["class_names"] == ["background", "membrane"]
+    else:
+        with torch.no_grad():
+            got = torch.jit.load(str(path)).eval()(x).numpy()
+    assert got.shape == (3, 2, 96, 40)
+    assert np.abs(got - reference).max() <= inference.EXPORT_TOLERANCE
+
+
+def _copy(ckpt: str, dest: Path) -> Path:
+    shutil.copytree(ckpt, dest)
+    return dest
+
+
+def _rehash(folder: Path) -> None:
+    manifest = json.loads((folder / checkpoint.MANIFEST_FILE).read_text())
+    manifest["state_sha256"] = checkpoint._sha256(folder / checkpoint.STATE_FILE)
+    (folder / checkpoint.MANIFEST_FILE).write_text(json.dumps(manifest))
+
+
+class NotAllowed:
+    """A pickled object weights_only loading must refuse."""
+
+
+def test_corrupt_checkpoints_give_one_line_errors(ckpt, tmp_path, capsys):
+    truncated = _copy(ckpt, tmp_path / "truncated")
+    data = (truncated / checkpoint.STATE_FILE).read_bytes()
+    (truncated / checkpoint.STATE_FILE).write_bytes(data[: len(data) // 3])
+    garbage = _copy(ckpt, tmp_path / "garbage")
+    (garbage / checkpoint.STATE_FILE).write_bytes(b"this is not a torch file" * 10)
+    _rehash(garbage)
+    unsafe = _copy(ckpt, tmp_path / "unsafe")
+    torch.save({"model": NotAllowed()}, unsafe / checkpoint.STATE_FILE)
+    _rehash(unsafe)
+    bad_manifest = _copy(ckpt, tmp_path / "bad_manifest")
+    (bad_manifest / checkpoint.MANIFEST_FILE).write_text("{not json")
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(image)
+    for folder, expected in ((truncated, "does not match its manifest"), (garbage, "cannot load state.pt"),
+                             (unsafe, "cannot load state.pt safely"), (bad_manifest, "corrupt manifest"),
+                             (tmp_path / "missing", "not found")):
+        code = main(["predict", str(folder), str(image), "--out", str(tmp_path / "o")])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, (folder.name, err)
+        assert expected in err, (folder.name, err)
+    assert not (tmp_path / "o").exists()
+
+
+def test_checkpoint_from_missing_plugin_names_it(ckpt, tmp_path, capsys):
+    state, manifest = checkpoint.load(ckpt)
+    folder = checkpoint.write(tmp_path / "plugin_ckpt", state,
+                              {**manifest, "encoder": "acme-unet9", "plugins": ["acme_zoo_encoders"]})
+    code = main(["export", str(folder), "--format", "onnx", "--out", str(tmp_path / "m.onnx")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "acme-unet9" in err and "acme_zoo_encoders" in err and "--plugin" in err
+    assert not (tmp_path / "m.onnx").exists()

@@ -1,0 +1,83 @@
+"""`launch.py tune` on real Ray Tune: ASHA stops a bad trial, best.yaml trains, a killed driver resumes."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from conftest import REPO, TINY_SYNTH
+from launch import main
+
+
+def _search_file(tmp_path: Path, lrs: list[float], epochs: int = 4, extra: dict | None = None) -> Path:
+    raw = {"train": {"encoder": "mini", "data": TINY_SYNTH, "input_size": [64, 64], "batch_size": 2,
+                     "epochs": epochs, "patience": 50},
+           "search": {"lr": {"grid": lrs}}, "searcher": {"type": "random"},
+           "scheduler": {"type": "asha", "grace_period": 2, "reduction_factor": 2}, "samples": 1,
+           "max_concurrent": 1, **(extra or {})}
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _rows(tune_dir: Path) -> list[dict]:
+    with open(tune_dir / "results.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_asha_stops_the_bad_trial_and_best_yaml_trains(ray_local, tmp_path, capsys):
+    config = _search_file(tmp_path, [3e-3, 1e-7])
+    assert main(["tune", "--config", str(config), "--storage", str(tmp_path), "--name", "s"]) == 0
+    out = capsys.readouterr().out
+    rows = {float(r["lr"]): r for r in _rows(tmp_path / "s")}
+    assert rows[3e-3]["status"] == "finished" and int(rows[3e-3]["epochs"]) == 4
+    assert rows[1e-7]["status"] == "stopped" and int(rows[1e-7]["epochs"]) == 2  # ASHA's first rung
+    assert float(rows[3e-3]["best_val_miou"]) > float(rows[1e-7]["best_val_miou"]) + 0.2
+    assert "best checkpoint" in out and (tmp_path / "s" / "trials.png").stat().st_size > 0
+    best = yaml.safe_load((tmp_path / "s" / "best.yaml").read_text())
+    assert best["lr"] == 3e-3
+    code = main(["train", "--config", str(tmp_path / "s" / "best.yaml"), "--epochs", "1", "--workers", "0",
+                 "--storage", str(tmp_path), "--name", "from-best"])
+    assert code == 0 and (tmp_path / "from-best" / "history.csv").exists()
+
+
+def test_impossible_trial_is_refused_before_start(ray_local, tmp_path, capsys):
+    config = _search_file(tmp_path, [1e-3], extra={"resources": {"workers_per_trial": 16}})
+    assert main(["tune", "--config", str(config), "--storage", str(tmp_path), "--name", "big"]) == 2
+    err = capsys.readouterr().err
+    assert "one trial needs 16 CPUs" in err and err.count("\n") == 1
+
+
+def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
+    config = _search_file(tmp_path, [3e-3, 2e-3, 1e-3], epochs=3,
+                          extra={"scheduler": {"type": "fifo"}})
+    args = [sys.executable, str(REPO / "launch.py"), "tune", "--config", str(config), "--storage", str(tmp_path),
+            "--name", "k"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env=env)
+    trials = tmp_path / "k" / "trials"
+    deadline = time.time() + 400
+
+    def finished() -> int:
+        return sum(1 for h in trials.glob("*/history.csv") if len(h.read_text().splitlines()) == 4)
+
+    while finished() < 1:
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+        time.sleep(0.5)
+    first_done = {h.parent.name for h in trials.glob("*/history.csv") if len(h.read_text().splitlines()) == 4}
+    stamp = {n: (trials / n / "history.csv").stat().st_mtime for n in first_done}
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, as a dying shell would
+    proc.wait(timeout=60)
+    resumed = subprocess.run([*args, "--resume"], cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    rows = _rows(tmp_path / "k")
+    assert sorted(float(r["lr"]) for r in rows) == [1e-3, 2e-3, 3e-3]
+    assert all(r["status"] == "finished" for r in rows), rows
+    for name in first_done:  # finished before the kill: not rerun
+        assert (trials / name / "history.csv").stat().st_mtime == stamp[name]
