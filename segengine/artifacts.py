@@ -60,8 +60,9 @@ class RunArtifacts:
             self._tb = SummaryWriter(str(self.local / "tensorboard"), flush_secs=5)
         return self._tb
 
-    def write_workers(self, ips: list[str]) -> None:
-        (self.local / "workers.json").write_text(json.dumps({"worker_ips": ips}, indent=2))
+    def write_workers(self, places: list[dict[str, str]]) -> None:
+        info = {"worker_ips": [p["ip"] for p in places], "worker_node_ids": [p["node_id"] for p in places]}
+        (self.local / "workers.json").write_text(json.dumps(info, indent=2))
         self._sync()
 
     def epoch_done(self, history: list[dict[str, Any]], checkpoint_path: str | None, scores: dict) -> None:

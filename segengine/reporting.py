@@ -25,6 +25,7 @@ class Reporter:
     world_size = 1
     local_rank = 0
     node_ip = "127.0.0.1"
+    node_id = "local"
 
     def __init__(self, run_dir: str, keep: int, metric: str, mode: str):
         self.run_dir = run_dir
@@ -94,6 +95,7 @@ class RayTrainReporter(Reporter):
         self.world_size = ctx.get_world_size()
         self.local_rank = ctx.get_local_rank()
         self.node_ip = ray.util.get_node_ip_address()
+        self.node_id = ray.get_runtime_context().get_node_id()
 
     def device(self, use_gpu: bool):
         import ray.train.torch

@@ -239,9 +239,9 @@ class Trainer:
         cfg = self.cfg
         if self.start_epoch >= cfg.epochs and self.rank == 0 and self.verbose:
             print(f"nothing to do: the run already finished {self.start_epoch} of {cfg.epochs} epochs", flush=True)
-        ips = self._worker_ips()  # a collective: every rank takes part
+        places = self._worker_places()  # a collective: every rank takes part
         if self.artifacts is not None:
-            self.artifacts.write_workers(ips)
+            self.artifacts.write_workers(places)
         reported = False
         for epoch in range(self.start_epoch, cfg.epochs):
             if self.stale >= cfg.patience:
@@ -295,9 +295,11 @@ class Trainer:
               f"lr {m['lr']:.3g}  {m['images_per_s']:.1f} img/s  {m['epoch_time_s']:.1f} s  ETA {eta}",
               flush=True)
 
-    def _worker_ips(self) -> list[str]:
+    def _worker_places(self) -> list[dict[str, str]]:
+        """Where each rank runs (node address and id), gathered from all ranks."""
+        mine = {"ip": self.reporter.node_ip, "node_id": self.reporter.node_id}
         if not (dist.is_available() and dist.is_initialized()):
-            return [self.reporter.node_ip]
+            return [mine]
         gathered: list[Any] = [None] * self.world
-        dist.all_gather_object(gathered, self.reporter.node_ip)
+        dist.all_gather_object(gathered, mine)
         return gathered

@@ -296,13 +296,14 @@ class NetnsCluster:
         """`ray job submit` through the head's Jobs API (HTTP, token-authenticated), waiting for the end."""
         sid = submission_id or f"uz-{secrets.token_hex(4)}"
         argv = ["ray", "job", "submit", "--address", self.dashboard_url, "--submission-id", sid,
-                "--working-dir", str(working_dir)]
+                "--working-dir", str(working_dir), "--log-style", "record", "--log-color", "false"]
         if runtime_env:
             argv += ["--runtime-env-json", json.dumps(runtime_env)]
         started = time.monotonic()
         proc = self.run([*argv, "--", *entrypoint], timeout=timeout, cwd=working_dir)
         seconds = time.monotonic() - started
-        status = self.run(["ray", "job", "status", "--address", self.dashboard_url, sid], timeout=60)
+        status = self.run(["ray", "job", "status", "--address", self.dashboard_url, "--log-style", "record",
+                           "--log-color", "false", sid], timeout=60)
         match = re.search(r"Status for job '[^']+': (\w+)", status.stdout + status.stderr)
         return JobResult(sid, proc.returncode, match[1] if match else "UNKNOWN",
                          proc.stdout + proc.stderr, seconds)

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import yaml
-
 from conftest import REPO, TINY_SYNTH
+
 from launch import main
 
 

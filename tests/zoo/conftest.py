@@ -7,7 +7,15 @@ import torch
 
 from zoo.testing import isolated_registry
 
-torch.set_num_threads(2)
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """These models are small: a second thread gains little, and on a busy 2-core machine OpenMP threads spin
+    against other processes and make each test many times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture
