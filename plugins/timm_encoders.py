@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 
-from zoo import IMAGENET, EncoderSpec, Normalization, register_family
+from zoo import IMAGENET, TUTORIAL, EncoderSpec, Normalization, register_family
 from zoo.backbones import cheap_build, timm_unet
 
 PREFIX = "timm-"
@@ -29,7 +29,7 @@ def _normalization(arch: str) -> Normalization:
         return IMAGENET
     norm = Normalization("timm", tuple(round(m * 255, 6) for m in cfg.mean),
                          tuple(round(s * 255, 6) for s in cfg.std))
-    return IMAGENET if norm.mean == IMAGENET.mean and norm.std == IMAGENET.std else norm
+    return next((known for known in (IMAGENET, TUTORIAL) if (known.mean, known.std) == (norm.mean, norm.std)), norm)
 
 
 def _resolve(name: str) -> EncoderSpec:

@@ -265,7 +265,13 @@ def _evaluate_on_ray(predictor: Predictor, samples: list, meta, workers: int, ad
         counts = np.zeros((3, predictor.num_classes), np.float64)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            part_cm, part_counts = ray.get(done[0])
+            try:
+                part_cm, part_counts = ray.get(done[0])
+            except ray.exceptions.RayTaskError as exc:  # a data error in a task stays one line for the CLI
+                cause = getattr(exc, "cause", None)
+                if getattr(cause, "user_error", False):
+                    raise cause from None
+                raise
             cm += part_cm
             counts += part_counts
             bar.update(sizes[done[0]])

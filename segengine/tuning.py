@@ -349,12 +349,11 @@ def tune_run(settings: TuneSettings, *, name: str | None, storage_root: str, add
                 metric=metric, mode=mode, num_samples=settings.samples, scheduler=scheduler,
                 search_alg=_searcher(settings, metric, mode, concurrent), max_concurrent_trials=concurrent,
                 reuse_actors=True, trial_dirname_creator=lambda t: t.trial_id))
-        interrupted = False
         try:
-            grid = tuner.fit()
+            grid = tuner.fit()  # Tune turns Ctrl-C into a clean stop and returns the results so far
         except KeyboardInterrupt:
-            interrupted = True
             grid = tune.Tuner.restore(exp_path, trainable).get_results()
+        interrupted = grid.num_terminated + grid.num_errors < len(grid)
         return finish(grid, settings, cfg, tune_dir, searched, max_epochs, interrupted)
     finally:
         if started:
@@ -415,8 +414,8 @@ def finish(grid, settings: TuneSettings, cfg: TrainConfig, tune_dir: str, search
     if used >= 0:
         print(f"disk used        {used / 2**20:.1f} MiB in {tune_dir}")
     if interrupted:
-        print(f"\ninterrupted: results so far are written; resume with:\n  python launch.py tune --name {cfg.name} "
-              f"--storage {cfg.storage} --resume", file=sys.stderr)
+        print("\nnot all trials finished: results so far are written; resume with:\n"
+              f"  python launch.py tune --name {cfg.name} --storage {cfg.storage} --resume", file=sys.stderr)
     return {"rows": rows, "best": best, "best_checkpoint": best_ckpt, "tune_dir": tune_dir}
 
 

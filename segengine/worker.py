@@ -21,6 +21,7 @@ import plugins
 import segdata
 import zoo
 from segengine.artifacts import RunArtifacts
+from segengine.cluster import redact
 from segengine.config import TrainConfig
 from segengine.losses import SegmentationLoss
 from segengine.metrics import MetricAccumulator
@@ -85,7 +86,7 @@ def manifest_for(cfg: TrainConfig, meta: segdata.DatasetMeta, model: zoo.Segment
         "class_names": list(meta.classes), "in_channels": meta.in_channels, "input_size": list(cfg.input_size),
         "normalization": {"name": norm.name, "mean": list(norm.mean), "std": list(norm.std)},
         "label_mode": meta.label_mode, "colors": [list(c) for c in meta.colors], "dataset": meta.to_dict(),
-        "plugins": list(cfg.plugins), "model_kwargs": dict(model.model_kwargs), "config": cfg.to_dict(),
+        "plugins": list(cfg.plugins), "model_kwargs": dict(model.model_kwargs), "config": redact(cfg.to_dict()),
         "epoch": epoch, "metrics": metrics,
         "versions": {d: version(d) for d in ("unet-zoo", "torch", "ray", "timm", "segmentation-models-pytorch")},
     }

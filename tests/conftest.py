@@ -52,22 +52,11 @@ def ray_local():
     yield ray
 
 
-TINY_SYNTH = "synth:seed=0,n_train=32,n_val=8,size=64"
-
-
-def tiny_config(**overrides):
-    """A training config small enough for tests: mini UNet, 64 px synthetic membranes."""
-    from segengine.config import TrainConfig
-
-    base = dict(encoder="mini", data=TINY_SYNTH, input_size=(64, 64), batch_size=2, epochs=6, lr=3e-3,
-                lr_decay=0.95, workers=2, seed=0, max_failures=1)
-    base.update(overrides)
-    return TrainConfig(**base)
-
-
 @pytest.fixture(scope="session")
 def trained_run(ray_local, tmp_path_factory):
     """One real 2-worker Ray Train run shared by the training, evaluation and prediction tests."""
+    from engine_helpers import tiny_config
+
     from segengine.training import train
 
     storage = tmp_path_factory.mktemp("runs")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_SYNTH
+from engine_helpers import TINY_SYNTH
 from PIL import Image
 
 import segdata

@@ -6,14 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO
+from engine_helpers import REPO
 
 SCRIPT = r"""
 import json, os, sys
 sys.path.insert(0, os.path.join(sys.argv[2], "tests"))
 import ray
 from ray.cluster_utils import Cluster
-from conftest import tiny_config
+from engine_helpers import tiny_config
 from segengine.training import train
 
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True})

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, tiny_config
+from engine_helpers import REPO, tiny_config
 
 from launch import main
 from segengine import checkpoint

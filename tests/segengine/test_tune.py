@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import yaml
-from conftest import REPO, TINY_SYNTH
+from engine_helpers import REPO, TINY_SYNTH
 
 from launch import main
 

@@ -1,10 +1,10 @@
 """The shipped plugin families are registered before any test isolates the registry."""
 
-import plugins.smp_encoders  # noqa: F401
-import plugins.timm_encoders  # noqa: F401
 import pytest
 import torch
 
+import plugins.smp_encoders  # noqa: F401
+import plugins.timm_encoders  # noqa: F401
 from zoo.testing import isolated_registry
 
 

@@ -11,6 +11,10 @@ from zoo import ZooError
 from zoo.weights import WeightsWarning, load_weights
 
 
+class NotWeights:
+    """Pickled objects are code, not weights: torch.load(weights_only=True) must refuse them."""
+
+
 def save(state, path):
     if path.suffix == ".safetensors":
         save_file({k: v.contiguous() for k, v in state.items()}, str(path))
@@ -23,8 +27,7 @@ def same_tensors(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
-@pytest.mark.parametrize("name", ["resnet50", "vgg"])
+@pytest.mark.parametrize(("name", "suffix"), [("resnet50", ".pt"), ("resnet50", ".safetensors"), ("vgg", ".pth")])
 def test_encoder_and_whole_model_files(tmp_path, name, suffix):
     source = zoo.create_model(name, 2)
     with torch.no_grad():  # make BN statistics differ from a fresh model's
@@ -95,9 +98,6 @@ def test_unusable_files_are_clear_errors(tmp_path):
     foreign = save({"something.else": torch.zeros(3)}, tmp_path / "foreign.pt")
     with pytest.raises(ZooError, match="no tensor in .*foreign.pt fits encoder 'mini'"):
         load_weights(model, foreign)
-
-    class NotWeights:
-        pass
 
     torch.save({"obj": NotWeights()}, tmp_path / "pickle.pt")
     with pytest.raises(ZooError, match="cannot read .* as a plain state dict"):

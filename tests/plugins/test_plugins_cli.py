@@ -1,0 +1,33 @@
+"""`python launch.py encoders [PATTERN] [--plugin ...]`, run through launch.main in this process."""
+
+import launch
+
+
+def table_rows(text):
+    return {line.split()[0]: line.split() for line in text.splitlines()[1:] if line.strip()}
+
+
+def test_encoders_lists_builtins_and_plugin_families(capsys):
+    assert launch.main(["encoders"]) == 0
+    rows = table_rows(capsys.readouterr().out)
+    assert rows["mini"][1:5] == ["built-in", "471,586", "32,64,128", "1,2,4"]
+    assert rows["mobilenet"][2] == "6,483,586"
+    assert rows["resnet50"][1] == rows["vgg"][1] == "built-in"
+    assert rows["timm-resnet18"][1] == "timm" and rows["smp-resnet18"][1] == "smp"
+
+
+def test_a_mistyped_name_suggests_the_right_one(capsys):
+    assert launch.main(["encoders", "mobilnet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown encoder 'mobilnet'; did you mean: mobilenet")
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_family_pattern_and_plugin_flag(capsys, tmp_path, registry, write_plugin):
+    assert launch.main(["encoders", "timm-resnet1*"]) == 0
+    rows = table_rows(capsys.readouterr().out)
+    assert rows["timm-resnet18"][4] == "2,4,8,16,32" and rows["timm-resnet101"][3] == "64,256,512,1024,2048"
+
+    path = write_plugin(tmp_path / "lab_encoders.py", "lab-enc")
+    assert launch.main(["encoders", "lab-*", "--plugin", str(path)]) == 0
+    assert table_rows(capsys.readouterr().out)["lab-enc"][1:5] == ["lab_encoders", "3,090", "4", "2"]
