@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
-from zoo._registry import registering_as
+from zoo._registry import one_line, registering_as
 
 GROUP = "unet_zoo.encoders"
 NO_AUTOLOAD_ENV = "UNET_ZOO_NO_AUTOLOAD"
@@ -33,7 +33,7 @@ class PluginWarning(UserWarning):
 
 
 _autoloaded: list[str] | None = None
-_loaded: dict[str, str] = {}  # plugin reference (module name or absolute file path) -> imported module name
+_loaded: set[str] = set()  # module names, absolute file paths and entry points imported so far
 
 
 def _is_file_ref(ref: str) -> bool:
@@ -47,13 +47,11 @@ def resolve_plugin_refs(names: Sequence[str]) -> list[str]:
 
 
 def _warn(ref: str, err: BaseException) -> None:
-    lines = str(err).strip().splitlines()
-    detail = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
-    warnings.warn(f"plugin {ref!r} was not loaded ({detail}); its encoders are unavailable", PluginWarning,
+    warnings.warn(f"plugin {ref!r} was not loaded ({one_line(err)}); its encoders are unavailable", PluginWarning,
                   stacklevel=4)
 
 
-def _import_file(path: Path) -> str:
+def _import_file(path: Path) -> None:
     """Import a .py file under a module name derived from its absolute path, the same on every worker."""
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
@@ -69,18 +67,18 @@ def _import_file(path: Path) -> str:
     except BaseException:
         del sys.modules[module_name]
         raise
-    return module_name
 
 
-def _load(ref: str, source: str, load: Callable[[], str]) -> bool:
+def _load(ref: str, source: str, load: Callable[[], object]) -> bool:
     if ref in _loaded:
         return True
     try:
         with registering_as(source):
-            _loaded[ref] = load()
+            load()
     except Exception as err:
         _warn(ref, err)
         return False
+    _loaded.add(ref)
     return True
 
 
@@ -93,17 +91,16 @@ def load_plugins(names: Sequence[str]) -> list[str]:
             path = Path(resolve_plugin_refs([name])[0])
             ok = _load(str(path), path.stem, lambda path=path: _import_file(path))
         else:
-            ok = _load(name, name, lambda name=name: importlib.import_module(name).__name__)
+            ok = _load(name, name, lambda name=name: importlib.import_module(name))
         if ok:
             loaded.append(name)
     return loaded
 
 
-def _load_entry_point(ep: EntryPoint) -> str:
+def _load_entry_point(ep: EntryPoint) -> None:
     obj = ep.load()
     if callable(obj):
         obj()
-    return ep.value
 
 
 def autoload() -> list[str]:

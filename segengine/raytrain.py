@@ -121,6 +121,8 @@ def fit(prep, config_for: Callable[..., dict[str, Any]]) -> None:
                                name=cfg.name, use_gpu=use_gpu)
         try:
             trainer.fit()
+        except SystemExit:  # Train's own SIGINT handler aborts the run and exits; report it as Ctrl-C
+            raise KeyboardInterrupt from None
         except ray.train.TrainingFailedError as exc:
             raise RunError(f"training failed: {failure_message(exc)} (run folder {prep.run_dir})") from None
     finally:

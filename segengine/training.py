@@ -108,7 +108,7 @@ def prepare(cfg: TrainConfig, *, resume: bool, overwrite: bool, command: str = "
 def ship_plugins(refs: list[str]) -> dict[str, str]:
     """Plugin files travel to the workers as source text in the run config (any node, any working directory);
     module names travel as names and must be importable there (installed, or in the job's working directory)."""
-    return {ref: Path(ref).read_text() if ref.endswith(".py") else "" for ref in refs}
+    return {ref: Path(ref).read_text() if Path(ref).is_file() else "" for ref in refs}
 
 
 def materialize_plugins(shipped: dict[str, str]) -> list[str]:

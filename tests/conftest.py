@@ -15,6 +15,8 @@ os.environ["HOME"] = _HOME
 os.environ["RAY_AUTH_MODE"] = "disabled"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# One BLAS/OpenMP thread per process: spinning OpenMP threads slow 2-core machines down many times over.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("UNET_ZOO_CACHE", os.path.join(_HOME, "cache"))
 
 import pytest  # noqa: E402

@@ -122,6 +122,14 @@ def is_featured(name: str) -> bool:
     return name in _ENCODERS or any(name in f.featured for f in _FAMILIES.values())
 
 
+def family_prefixes() -> list[str]:
+    return sorted(_FAMILIES)
+
+
+def has_wildcards(pattern: str) -> bool:
+    return not _WILDCARDS.isdisjoint(pattern)
+
+
 def list_encoders(pattern: str = "*") -> list[str]:
     """Registered names matching a wildcard pattern; a pattern starting with a family prefix lists that family
     in full, any other pattern sees only the family's featured names."""
@@ -140,7 +148,8 @@ def _unknown(name: str, family: _Family | None) -> UnknownEncoderError:
     return UnknownEncoderError(f"unknown encoder '{name}' ({hint})")
 
 
-def _one_line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
+    """`Type: first line of the message`, for errors that must print as one line."""
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
 
@@ -160,7 +169,7 @@ def get_spec(name: str) -> EncoderSpec:
     except ZooError:
         raise
     except Exception as err:
-        raise ZooError(f"encoder '{name}' ({family.source} plugin) cannot be used: {_one_line(err)}") from err
+        raise ZooError(f"encoder '{name}' ({family.source} plugin) cannot be used: {one_line(err)}") from err
     _RESOLVED[name] = spec
     return spec
 
@@ -192,7 +201,7 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, weights: str
         except ZooError:
             raise
         except Exception as err:
-            raise ZooError(f"could not load the '{weights}' weights of encoder '{name}' ({_one_line(err)}); they "
+            raise ZooError(f"could not load the '{weights}' weights of encoder '{name}' ({one_line(err)}); they "
                            f"are downloaded on first use from {spec.origin or spec.source}, which needs internet "
                            "access: download them elsewhere and pass weights=PATH") from err
     else:

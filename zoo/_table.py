@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from ._errors import ZooError
 from ._registry import (
-    _FAMILIES,
-    _WILDCARDS,
     LIST_HINT,
-    _one_line,
+    family_prefixes,
     family_source,
     get_spec,
+    has_wildcards,
     is_featured,
     list_encoders,
+    one_line,
 )
 
 DETAIL_LIMIT = 40  # beyond this, rows of non-featured family names are not built (each one builds a model)
@@ -23,7 +23,7 @@ def _row(name: str) -> tuple[str, ...]:
         spec = get_spec(name)
         params = f"{spec.params_at(num_classes=2):,}"
     except Exception as err:  # one broken plugin encoder must not hide the others
-        message = str(err) if isinstance(err, ZooError) else _one_line(err)
+        message = str(err) if isinstance(err, ZooError) else one_line(err)
         return (name, family_source(name) or "?", "-", "-", "-", f"unusable: {message}")
     return (name, spec.source, params, ",".join(map(str, spec.channels)), ",".join(map(str, spec.reductions)),
             spec.description)
@@ -34,7 +34,7 @@ def encoder_table(pattern: str = "*") -> str:
     encoder matching `pattern`; a plain name that matches nothing raises UnknownEncoderError with suggestions."""
     names = list_encoders(pattern)
     if not names:
-        if not _WILDCARDS.intersection(pattern):
+        if not has_wildcards(pattern):
             names = [get_spec(pattern).name]
         else:
             raise ZooError(f"no encoder matches '{pattern}' ({LIST_HINT})")
@@ -47,10 +47,10 @@ def encoder_table(pattern: str = "*") -> str:
     lines.append("PARAMS@2: trainable parameters with 2 classes and 3 input channels; CHANNELS and REDUCTIONS: the "
                  "encoder features, shallow to deep")
     if not detailed:
-        prefix = next((p for p in sorted(_FAMILIES) if pattern.startswith(p)), "")
+        prefix = next((p for p in family_prefixes() if pattern.startswith(p)), "")
         lines.append(f"{len(names)} names match: details are shown for featured ones only; narrow the pattern "
                      f"(e.g. '{prefix}res*') to see all columns")
-    others = [p for p in sorted(_FAMILIES) if not pattern.startswith(p)]
+    others = [p for p in family_prefixes() if not pattern.startswith(p)]
     if others:
         lines.append(f"plugin families, listed in full with their prefix: {', '.join(p + '*' for p in others)} "
                      f"(e.g. python launch.py encoders '{others[-1]}res*')")

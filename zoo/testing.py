@@ -39,12 +39,17 @@ def default_sizes(input_multiple: int) -> list[tuple[int, int]]:
     return [(side, side), (side, side + input_multiple)]
 
 
-def _first_layer(encoder: nn.Module, in_channels: int) -> nn.Module:
-    for module in encoder.modules():
-        if isinstance(module, nn.Conv2d | nn.Linear) and getattr(module, "in_channels", None) == in_channels:
-            return module
-    raise AssertionError(f"no Conv2d in the encoder takes {in_channels} input channels: the encoder must "
-                         "honour in_channels")
+def _check(condition: object, message: str) -> None:
+    """Like assert, but not stripped by `python -O`."""
+    if not condition:
+        raise AssertionError(message)
+
+
+def _first_conv(encoder: nn.Module, in_channels: int) -> nn.Conv2d:
+    conv = next((m for m in encoder.modules() if isinstance(m, nn.Conv2d) and m.in_channels == in_channels), None)
+    _check(conv is not None, f"no Conv2d in the encoder takes {in_channels} input channels: the encoder must "
+                             "honour in_channels")
+    return conv
 
 
 def check_encoder(name: str, *, num_classes: int = 3, in_channels: Sequence[int] = (1, 3),
@@ -58,43 +63,40 @@ def check_encoder(name: str, *, num_classes: int = 3, in_channels: Sequence[int]
     for channels in in_channels:
         torch.manual_seed(seed)
         model = create_model(name, num_classes, in_channels=channels)
-        assert model.spec.name == name, f"{name}: the model carries the spec of '{model.spec.name}'"
-        assert (model.num_classes, model.in_channels) == (num_classes, channels), (
-            f"{name}: model reports num_classes={model.num_classes}, in_channels={model.in_channels}; "
-            f"expected {num_classes}, {channels}")
-        first = _first_layer(model.encoder, channels)
+        _check(model.spec.name == name, f"{name}: the model carries the spec of '{model.spec.name}'")
+        _check((model.num_classes, model.in_channels) == (num_classes, channels),
+               f"{name}: model reports num_classes={model.num_classes}, in_channels={model.in_channels}; "
+               f"expected {num_classes}, {channels}")
+        first = _first_conv(model.encoder, channels)
         for h, w in sizes:
             x = torch.randn(batch_size, channels, h, w, generator=generator)
             model.train()
             model.zero_grad(set_to_none=True)
             out = model(x)
             expected = (batch_size, num_classes, h, w)
-            assert tuple(out.shape) == expected, (
-                f"{name}: input {tuple(x.shape)} gave logits {tuple(out.shape)}, expected {expected}")
-            assert torch.isfinite(out).all(), f"{name}: non-finite logits for input {h}x{w}"
+            _check(tuple(out.shape) == expected,
+                   f"{name}: input {tuple(x.shape)} gave logits {tuple(out.shape)}, expected {expected}")
+            _check(torch.isfinite(out).all(), f"{name}: non-finite logits for input {h}x{w}")
             (out * torch.randn(out.shape, generator=generator)).sum().backward()
             grad = first.weight.grad
-            assert grad is not None and grad.abs().sum() > 0, (
-                f"{name}: no gradient reaches the first layer ({type(first).__name__} taking {channels} "
-                "channels); is part of the encoder detached or frozen?")
+            _check(grad is not None and grad.abs().sum() > 0,
+                   f"{name}: no gradient reaches the first layer (a Conv2d taking {channels} channels); is part "
+                   "of the encoder detached or frozen?")
             model.eval()
             with torch.no_grad():
                 features = model.encoder(x)[-len(spec.channels):]
                 got = [(int(f.shape[1]), h // int(f.shape[2]), w // int(f.shape[3])) for f in features]
                 declared = [(c, r, r) for c, r in zip(spec.channels, spec.reductions, strict=True)]
-                assert got == declared, (
-                    f"{name}: at {h}x{w} the encoder returns (channels, reduction H, reduction W) {got}, but the "
-                    f"spec declares {declared}; fix channels/reductions in register_encoder")
-                first_eval, second_eval = model(x), model(x)
-            assert torch.equal(first_eval, second_eval), (
-                f"{name}: two eval-mode passes differ; dropout or noise must be off in eval mode")
+                _check(got == declared,
+                       f"{name}: at {h}x{w} the encoder returns (channels, reduction H, reduction W) {got}, but "
+                       f"the spec declares {declared}; fix channels/reductions in register_encoder")
+                _check(torch.equal(model(x), model(x)),
+                       f"{name}: two eval-mode passes differ; dropout or noise must be off in eval mode")
         if spec.input_multiple > 1:
             h, w = sizes[0]
-            bad = torch.zeros(1, channels, h + 1, w)
             try:
-                model(bad)
+                model(torch.zeros(1, channels, h + 1, w))
             except InputSizeError:
-                pass
-            else:
-                raise AssertionError(f"{name}: input {h + 1}x{w} is not a multiple of {spec.input_multiple} but "
-                                     "no InputSizeError was raised")
+                continue
+            raise AssertionError(f"{name}: input {h + 1}x{w} is not a multiple of {spec.input_multiple} but no "
+                                 "InputSizeError was raised")

@@ -61,9 +61,7 @@ def weed_binary() -> str | None:
     return str(local) if local.exists() else shutil.which("weed")
 
 
-def _tail(text: str | bytes | None, lines: int = 40) -> str:
-    if isinstance(text, bytes):
-        text = text.decode(errors="replace")
+def _tail(text: str | None, lines: int = 40) -> str:
     return "\n".join((text or "").splitlines()[-lines:])
 
 
@@ -129,6 +127,15 @@ def remove_stale_namespaces() -> list[str]:
     return removed
 
 
+def _job_status(text: str) -> str:
+    """The status in `ray job status` output (it words the final states, prints the others)."""
+    worded = re.search(r"Job '[^']+' (succeeded|failed|was stopped)", text)
+    if worded:
+        return {"succeeded": "SUCCEEDED", "failed": "FAILED", "was stopped": "STOPPED"}[worded[1]]
+    printed = re.search(r"Status for job '[^']+': (\w+)", text)
+    return printed[1] if printed else "UNKNOWN"
+
+
 @dataclass
 class Node:
     role: str  # "head" or "worker"
@@ -153,7 +160,6 @@ class JobResult:
     returncode: int
     status: str
     output: str
-    seconds: float
 
     def explain(self) -> str:
         return f"job {self.submission_id}: status {self.status}, exit {self.returncode}\n{_tail(self.output, 80)}"
@@ -261,14 +267,15 @@ class NetnsCluster:
         self.timings[f"{node.role}_start_{node.starts}_s"] = time.monotonic() - started
 
     # ---- drivers and jobs ---------------------------------------------------------------------------------------
-    def command(self, argv: list[str], node: Node | None = None) -> list[str]:
-        return ["ip", "netns", "exec", (node or self.head).netns, *argv]
+    def command(self, argv: list[str]) -> list[str]:
+        """`argv` run inside the head's namespace, where drivers and clients belong."""
+        return ["ip", "netns", "exec", self.head.netns, *argv]
 
-    def run(self, argv: list[str], *, node: Node | None = None, timeout: float = 600, cwd: Path = REPO,
-            env: dict[str, str] | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
-        """Run a command inside a node's namespace (default: the head's, where drivers belong)."""
-        return run(self.command(argv, node), timeout=timeout, cwd=cwd, env=self.env(node, **(env or {})),
-                   check=check)
+    def run(self, argv: list[str], *, timeout: float = 600, cwd: Path = REPO,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run a driver or client command on the head (not checked: callers assert on the result)."""
+        return run(self.command(argv), timeout=timeout, cwd=cwd, env=self.env(self.head, **(env or {})),
+                   check=False)
 
     def popen(self, argv: list[str], log: Path, *, cwd: Path = REPO,
               env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -285,28 +292,24 @@ class NetnsCluster:
             raise HarnessError(f"probe {args} failed ({proc.returncode}):\n{_tail(proc.stdout)}\n{_tail(proc.stderr)}")
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
-    def wait_for_nodes(self, ips: set[str], timeout: float = 90) -> dict:
+    def wait_for_nodes(self, ips: set[str], timeout: float = 90) -> None:
         result = self.probe("nodes", "--expect", *sorted(ips), "--timeout", str(timeout), timeout=timeout + 60)
         if set(result["alive"]) != ips:
             raise HarnessError(f"alive nodes {result['alive']} after {timeout:.0f} s, expected {sorted(ips)}")
-        return result
 
     def submit_job(self, entrypoint: list[str], *, working_dir: Path, runtime_env: dict | None = None,
-                   submission_id: str | None = None, timeout: float = 600) -> JobResult:
+                   timeout: float = 600) -> JobResult:
         """`ray job submit` through the head's Jobs API (HTTP, token-authenticated), waiting for the end."""
-        sid = submission_id or f"uz-{secrets.token_hex(4)}"
+        sid = f"uz-{secrets.token_hex(4)}"
         argv = ["ray", "job", "submit", "--address", self.dashboard_url, "--submission-id", sid,
                 "--working-dir", str(working_dir), "--log-style", "record", "--log-color", "false"]
         if runtime_env:
             argv += ["--runtime-env-json", json.dumps(runtime_env)]
-        started = time.monotonic()
         proc = self.run([*argv, "--", *entrypoint], timeout=timeout, cwd=working_dir)
-        seconds = time.monotonic() - started
         status = self.run(["ray", "job", "status", "--address", self.dashboard_url, "--log-style", "record",
                            "--log-color", "false", sid], timeout=60)
-        match = re.search(r"Status for job '[^']+': (\w+)", status.stdout + status.stderr)
-        return JobResult(sid, proc.returncode, match[1] if match else "UNKNOWN",
-                         proc.stdout + proc.stderr, seconds)
+        return JobResult(sid, proc.returncode, _job_status(status.stdout + status.stderr),
+                         proc.stdout + proc.stderr)
 
     # ---- failures ---------------------------------------------------------------------------------------------
     def kill_worker(self) -> None:

@@ -21,11 +21,10 @@ def one_torch_thread():
 @pytest.fixture
 def registry():
     """Encoders registered and plugins loaded by a test are forgotten afterwards."""
-    loaded = dict(plugins._loaded)
+    loaded = set(plugins._loaded)
     with isolated_registry():
         yield
-    plugins._loaded.clear()
-    plugins._loaded.update(loaded)
+    plugins._loaded.intersection_update(loaded)
 
 
 PLUGIN_SOURCE = '''

@@ -1,9 +1,10 @@
 """A third-party plugin is found once installed, with no change to this repository; a broken one only warns.
 
-The example package is installed with pip (no dependencies, no index) into a folder that a fresh interpreter
+The example package is installed with pip (no dependencies) into a folder that a fresh interpreter
 gets on PYTHONPATH: a fresh virtualenv would cost gigabytes of torch.
 """
 
+import importlib.util
 import json
 import os
 import shutil
@@ -25,9 +26,13 @@ def sites(tmp_path_factory):
     source = root / "src"
     shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     example = root / "example-site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
-                    "--no-index", "--no-build-isolation", "--target", str(example), str(source)],
-                   check=True, capture_output=True, text=True)
+    # with setuptools in this environment the build needs no index; without it (venvs of Python >= 3.12) pip
+    # fetches setuptools into an isolated build environment
+    offline = ["--no-index", "--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                          "--no-deps", *offline, "--target", str(example), str(source)],
+                         capture_output=True, text=True)
+    assert pip.returncode == 0, pip.stderr
     broken = root / "broken-site"
     dist_info = broken / "broken_unet_plugin-0.1.dist-info"
     dist_info.mkdir(parents=True)

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -95,10 +96,11 @@ def test_unknown_encoder_and_bad_key_are_one_line(tmp_path, capsys):
 
 
 def test_interrupted_run_resumes_where_it_stopped(tmp_path):
-    """A real Ctrl-C of the CLI after two epochs, then --resume: epochs and LR continue, history has each once."""
+    """A real Ctrl-C of a Ray Train run after two epochs, then --resume: epochs and LR continue where they stopped
+    and history.csv has every epoch once."""
     args = [sys.executable, str(REPO / "launch.py"), "train", "--data", "synth:seed=0,n_train=16,n_val=8,size=64",
             "--input-size", "64", "64", "--batch-size", "4", "--epochs", "5", "--lr", "0.002", "--lr-decay", "0.5",
-            "--workers", "0", "--storage", str(tmp_path), "--name", "r"]
+            "--workers", "1", "--storage", str(tmp_path), "--name", "r"]
     run_dir = tmp_path / "r"
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 240
@@ -113,7 +115,8 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path):
     assert 2 <= done < 5
     resumed = subprocess.run([*args, "--resume"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert f"resumed from epoch {done}" in resumed.stdout
+    resumed_from = int(re.search(r"resumed from epoch (\d+)", resumed.stdout).group(1))
+    assert 2 <= resumed_from <= done  # the latest checkpoint Ray registered before the abort
     history = _history(str(run_dir))
     assert [int(h["epoch"]) for h in history] == [1, 2, 3, 4, 5]
     for h in history:

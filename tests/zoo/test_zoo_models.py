@@ -6,6 +6,7 @@ import torch
 
 import zoo
 from zoo import InputSizeError, UNetDecoder
+from zoo.mini import MiniDecoder, MiniEncoder
 from zoo.testing import check_encoder
 
 
@@ -102,3 +103,24 @@ def test_the_kit_catches_a_wrong_declaration(registry):
 def _respec(model, name):
     model.spec = zoo.get_spec(name)
     return model
+
+
+class _Noisy(torch.nn.Module):
+    def __init__(self, decoder):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, features):
+        out = self.decoder(features)
+        return out + torch.randn_like(out)
+
+
+def test_the_kit_catches_a_random_eval_mode(registry):
+    @zoo.register_encoder("mini-noisy", description="d", channels=(32, 64, 128), reductions=(1, 2, 4),
+                          input_multiple=4)
+    def build(num_classes, in_channels=3):
+        return zoo.SegmentationModel(MiniEncoder(in_channels), _Noisy(MiniDecoder(num_classes)),
+                                     zoo.get_spec("mini-noisy"), num_classes, in_channels)
+
+    with pytest.raises(AssertionError, match="two eval-mode passes differ"):
+        check_encoder("mini-noisy", in_channels=(3,), sizes=[(16, 16)])
