@@ -86,6 +86,8 @@ def make_trainer(train_func: Callable, config: dict[str, Any], cfg: TrainConfig,
             num_to_keep=cfg.keep_checkpoints, checkpoint_score_attribute=cfg.metric,
             checkpoint_score_order=cfg.mode),
         callbacks=callbacks,
+        # Train would echo every print() of the workers a second time through its logger.
+        worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
         logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # our epoch lines say what matters
     )
     scaling = ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu,

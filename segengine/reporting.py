@@ -11,6 +11,7 @@ trial and the in-process debug mode.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -90,6 +91,7 @@ class RayTrainReporter(Reporter):
         import ray.train
 
         super().__init__(run_dir, keep, metric, mode)
+        _quiet_train_reports()
         ctx = ray.train.get_context()
         self.world_rank = ctx.get_world_rank()
         self.world_size = ctx.get_world_size()
@@ -125,6 +127,16 @@ class RayTrainReporter(Reporter):
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)),
                              checkpoint_dir_name=name)
         return storage.join(self.run_dir, name)
+
+
+def _quiet_train_reports() -> None:
+    """Train 2.60 logs every report (a dict of all metrics, per rank, per epoch) at INFO under a logger named
+    after its source file; our epoch line says what matters."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # a Ray release that moved it: keep its logs
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
 def make_reporter(kind: str, run_dir: str, keep: int, metric: str, mode: str) -> Reporter:

@@ -102,19 +102,10 @@ def test_job_trains_on_both_nodes_with_checkpoints_in_shared_folder(cluster: Net
     assert not any(s in job.output for s in secrets_of(cluster))
 
 
-def test_job_reads_data_from_s3_and_checkpoints_to_s3(cluster: NetnsCluster, s3_server: SeaweedS3,
-                                                      job_workdir: Path, tmp_path: Path):
-    """All on object storage: the dataset is streamed by workers on both nodes, runs land in the bucket, and the
-    credentials (from the nodes' environment) appear in no saved file and no log."""
-    data = tmp_path / "synth"
-    made = subprocess.run([sys.executable, "launch.py", "data", "synth", str(data), "--size", "64",
-                           "--n-train", "16", "--n-val", "4"], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert made.returncode == 0, made.stderr
-    uploaded = s3_server.upload(data, f"{BUCKET}/data/synth")
-    assert "dataset.yaml" in uploaded and len(uploaded) >= 40
-
-    storage = s3_server.uri(f"{BUCKET}/runs")
-    job = cluster.submit_job(train_argv(storage=storage, name="job-s3", data=s3_server.uri(f"{BUCKET}/data/synth")),
+def test_job_checkpoints_to_s3(cluster: NetnsCluster, s3_server: SeaweedS3, job_workdir: Path):
+    """Runs and checkpoints in the bucket (endpoint in the URI, credentials from the nodes' environment); the
+    credentials appear in no saved file and no log."""
+    job = cluster.submit_job(train_argv(storage=s3_server.uri(f"{BUCKET}/runs"), name="job-s3"),
                              working_dir=job_workdir)
     assert job.status == "SUCCEEDED", job.explain()
     run = f"{BUCKET}/runs/job-s3"
@@ -127,6 +118,22 @@ def test_job_reads_data_from_s3_and_checkpoints_to_s3(cluster: NetnsCluster, s3_
     for name in [f for f in files if f.endswith((".yaml", ".json", ".csv"))]:
         text = s3_server.read_text(f"{run}/{name}")
         assert not any(s in text for s in secrets_of(cluster)), f"a credential leaked into {run}/{name}"
+    assert not any(s in job.output for s in secrets_of(cluster))
+
+
+def test_job_reads_dataset_from_s3(cluster: NetnsCluster, s3_server: SeaweedS3, job_workdir: Path, tmp_path: Path):
+    """`launch.py data synth` output uploaded to the bucket; the workers on both nodes read it from there."""
+    data = tmp_path / "synth"
+    made = subprocess.run([sys.executable, "launch.py", "data", "synth", str(data), "--size", "64",
+                           "--n-train", "16", "--n-val", "4"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr
+    uploaded = s3_server.upload(data, f"{BUCKET}/data/synth")
+    assert "dataset.yaml" in uploaded and len(uploaded) >= 40, uploaded
+
+    job = cluster.submit_job(train_argv(storage=f"file://{cluster.shared}/runs", name="job-s3-data",
+                                        data=s3_server.uri(f"{BUCKET}/data/synth")), working_dir=job_workdir)
+    assert job.status == "SUCCEEDED", job.explain()
+    assert_trained_on_both_nodes(cluster, cluster.shared / "runs" / "job-s3-data", epochs=2)
     assert not any(s in job.output for s in secrets_of(cluster))
 
 
