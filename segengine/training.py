@@ -60,7 +60,7 @@ def inspect_data(cfg: TrainConfig) -> tuple[segdata.DatasetMeta, dict[str, int]]
     return folder.meta, counts
 
 
-def guard_run_name(run_dir: str, cfg: TrainConfig, *, resume: bool, overwrite: bool, command: str) -> None:
+def guard_run_name(run_dir: str, cfg: TrainConfig, *, resume: bool, overwrite: bool) -> None:
     """New name: start. Existing name: refuse unless --resume (same config but the epoch budget) or --overwrite."""
     saved_path = storage.join(run_dir, CONFIG_FILE)
     exists = storage.exists(saved_path) or bool(storage.list_dirs(run_dir))
@@ -87,7 +87,7 @@ def save_config(run_dir: str, cfg: TrainConfig) -> None:
     storage.write_bytes(storage.join(run_dir, CONFIG_FILE), text.encode())
 
 
-def prepare(cfg: TrainConfig, *, resume: bool, overwrite: bool, command: str = "train") -> PreparedRun:
+def prepare(cfg: TrainConfig, *, resume: bool, overwrite: bool) -> PreparedRun:
     cfg = resolve_paths(cfg)
     if cfg.name is None:
         if resume:
@@ -101,7 +101,7 @@ def prepare(cfg: TrainConfig, *, resume: bool, overwrite: bool, command: str = "
         raise ConfigError(f"class_weights has {len(cfg.class_weights)} values but the dataset has "
                           f"{meta.num_classes} classes ({', '.join(meta.classes)})")
     run_dir = storage.join(cfg.storage, cfg.name)
-    guard_run_name(run_dir, cfg, resume=resume, overwrite=overwrite, command=command)
+    guard_run_name(run_dir, cfg, resume=resume, overwrite=overwrite)
     return PreparedRun(cfg, run_dir, meta, counts)
 
 
@@ -140,8 +140,8 @@ def print_plan(prep: PreparedRun, workers: int, use_gpu: bool) -> None:
           f"{cfg.batch_size} per worker = {cfg.batch_size * max(workers, 1)} global", flush=True)
 
 
-def resume_hint(cfg: TrainConfig, command: str = "train") -> str:
-    return f"python launch.py {command} --name {cfg.name} --storage {cfg.storage} --resume"
+def resume_hint(cfg: TrainConfig) -> str:
+    return f"python launch.py train --name {cfg.name} --storage {cfg.storage} --resume"
 
 
 def run_config_dict(prep: PreparedRun, reporter: str) -> dict[str, Any]:

@@ -295,9 +295,7 @@ def tune_run(settings: TuneSettings, *, name: str | None, storage_root: str, add
     base = replace(settings.train, name=name or f"tune-{settings.train.encoder}-{time.strftime('%Y%m%d-%H%M%S')}",
                    storage=storage_root, address=address, workers=settings.workers_per_trial,
                    cpus_per_worker=settings.cpus_per_worker)
-    prep = prepare(base, resume=True, overwrite=False) if resume else None
-    if prep is None:
-        prep = prepare(base, resume=False, overwrite=overwrite)
+    prep = prepare(base, resume=resume, overwrite=overwrite)
     cfg, meta, tune_dir = prep.cfg, prep.meta, prep.run_dir
     if not resume:
         save_config(tune_dir, cfg)
