@@ -7,16 +7,7 @@ import os
 from PIL import Image, ImageSequence
 
 from segdata import files
-from segdata.meta import DataError
-
-DATASET_YAML = """\
-# ISBI 2012 EM membranes (from {volume}): label 0 = membrane (class 1), 255 = cell interior (class 0)
-classes: [background, membrane]
-label_mode: threshold
-threshold: 127
-target_below: true
-colors: [[0, 0, 0], [255, 0, 0]]
-"""
+from segdata.meta import DataError, membrane_dataset_yaml
 
 
 def _frames(path: str) -> list[Image.Image]:
@@ -53,5 +44,5 @@ def convert(volume_tif: str, labels_tif: str, out: str, *, val: int = 5) -> str:
         with open(os.path.join(split_dir, f"{split}.txt"), "w") as f:
             f.write("".join(f"{i}\n" for i in numbers))
     with open(os.path.join(out, "dataset.yaml"), "w") as f:
-        f.write(DATASET_YAML.format(volume=os.path.basename(volume_tif)))
+        f.write(membrane_dataset_yaml(f"ISBI 2012 EM membranes (from {os.path.basename(volume_tif)})"))
     return out

@@ -137,3 +137,10 @@ def parse_dataset_yaml(text: str, source: str) -> dict[str, Any]:
         raise DataError(f"{source}: num_classes is {data['num_classes']} but classes lists "
                         f"{len(data['classes'])} names; keep one of the two keys")
     return data
+
+
+def membrane_dataset_yaml(title: str) -> str:
+    """dataset.yaml of a binary membrane set in the ISBI convention (label 0 = membrane)."""
+    return (f"# {title}: label 0 = membrane (class 1), 255 = cell interior (class 0)\n"
+            "classes: [background, membrane]\nlabel_mode: threshold\nthreshold: 127\ntarget_below: true\n"
+            "colors: [[0, 0, 0], [255, 0, 0]]\n")

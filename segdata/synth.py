@@ -15,18 +15,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from segdata.meta import DataError
+from segdata.meta import DataError, membrane_dataset_yaml
 
 GENERATOR_VERSION = 1  # bump when the pictures change, so cached sets are regenerated
 DEFAULTS = {"seed": 0, "n_train": 48, "n_val": 12, "size": 128}
-DATASET_YAML = """\
-# unet-zoo synthetic EM-like membranes ({params}); label 0 = membrane (class 1), 255 = cell interior
-classes: [background, membrane]
-label_mode: threshold
-threshold: 127
-target_below: true
-colors: [[0, 0, 0], [255, 0, 0]]
-"""
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
@@ -105,5 +97,5 @@ def generate(out: str, *, seed: int = 0, n_train: int = 48, n_val: int = 12, siz
             f.write("".join(f"{name}\n" for name in chosen))
     params = f"seed={seed}, n_train={n_train}, n_val={n_val}, size={size}, generator {GENERATOR_VERSION}"
     with open(os.path.join(out, "dataset.yaml"), "w") as f:
-        f.write(DATASET_YAML.format(params=params))
+        f.write(membrane_dataset_yaml(f"unet-zoo synthetic EM-like membranes ({params})"))
     return out

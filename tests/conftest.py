@@ -25,20 +25,21 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
 
 
-@pytest.fixture(scope="session")
-def isbi_root() -> Path:
-    root = SHARED_DATA / "isbi2012"
+def _shared_set(name: str) -> Path:
+    root = SHARED_DATA / name
     if not root.is_dir():
         pytest.fail(f"shared data set missing: {root} (CI lays ../shared beside the checkout)")
     return root
+
+
+@pytest.fixture(scope="session")
+def isbi_root() -> Path:
+    return _shared_set("isbi2012")
 
 
 @pytest.fixture(scope="session")
 def camvid_root() -> Path:
-    root = SHARED_DATA / "camvid"
-    if not root.is_dir():
-        pytest.fail(f"shared data set missing: {root} (CI lays ../shared beside the checkout)")
-    return root
+    return _shared_set("camvid")
 
 
 @pytest.fixture(scope="session")

@@ -1,21 +1,11 @@
 """The shipped plugin families are registered before any test isolates the registry."""
 
 import pytest
-import torch
 
 import plugins
 import plugins.smp_encoders  # noqa: F401
 import plugins.timm_encoders  # noqa: F401
 from zoo.testing import isolated_registry
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small models: on a busy 2-core machine a second OpenMP thread spins and slows tests many times over."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture
