@@ -47,13 +47,18 @@ def locate(path_or_uri: str) -> tuple[pafs.FileSystem, str]:
 
 
 def join(root: str, *parts: str) -> str:
+    """Join path parts; a URI's query string (s3://b/p?endpoint_override=...) stays at the end."""
     if is_uri(root):
-        return "/".join([root.rstrip("/"), *parts])
+        base, sep, query = root.partition("?")
+        return "/".join([base.rstrip("/"), *parts]) + sep + query
     return os.path.join(root, *parts)
 
 
 def normalize_root(root: str) -> str:
-    return root.rstrip("/") if is_uri(root) else os.path.abspath(root)
+    if is_uri(root):
+        base, sep, query = root.partition("?")
+        return base.rstrip("/") + sep + query
+    return os.path.abspath(root)
 
 
 def path_kind(path_or_uri: str) -> str:

@@ -109,7 +109,7 @@ def failure_message(exc: BaseException) -> str:
 
 def fit(prep, config_for: Callable[..., dict[str, Any]]) -> None:
     """Fit `launch.py train` on Ray Train; Ray processes we started are stopped on exit (Ctrl-C included)."""
-    from segengine.training import RunError, print_plan
+    from segengine.training import RunError, print_plan, save_config
     from segengine.worker import train_func
 
     cfg = prep.cfg
@@ -118,6 +118,7 @@ def fit(prep, config_for: Callable[..., dict[str, Any]]) -> None:
         check_storage_for_cluster(cfg.storage, alive_node_ips())
         use_gpu = wants_gpu(cfg, cfg.workers)
         check_resources(cfg.workers, cfg.cpus_per_worker, use_gpu)
+        save_config(prep.run_dir, cfg)  # only once the run can start: a refused run leaves nothing behind
         print_plan(prep, cfg.workers, use_gpu)
         trainer = make_trainer(train_func, config_for(prep, "train"), cfg, storage_path=cfg.storage,
                                name=cfg.name, use_gpu=use_gpu)

@@ -155,9 +155,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
 
     prep = prepare(cfg, resume=resume, overwrite=overwrite)
     cfg = prep.cfg
-    save_config(prep.run_dir, cfg)
     try:
         if cfg.workers == 0:
+            save_config(prep.run_dir, cfg)
             print_plan(prep, 0, False)
             from segengine.worker import train_func
 

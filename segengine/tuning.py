@@ -297,17 +297,18 @@ def tune_run(settings: TuneSettings, *, name: str | None, storage_root: str, add
                    cpus_per_worker=settings.cpus_per_worker)
     prep = prepare(base, resume=resume, overwrite=overwrite)
     cfg, meta, tune_dir = prep.cfg, prep.meta, prep.run_dir
-    if not resume:
-        save_config(tune_dir, cfg)
-        storage.write_bytes(storage.join(tune_dir, "search.yaml"), yaml.safe_dump(
-            {"search": settings.search, "class_weights": settings.class_weights, "scheduler": settings.scheduler,
-             "searcher": settings.searcher, "samples": settings.samples}, sort_keys=False).encode())
     metric, mode = cfg.metric, cfg.mode
     started = raytrain.connect(cfg.address)
     try:
         check_storage_for_cluster(cfg.storage, alive_node_ips())
         use_gpu = raytrain.wants_gpu(cfg, cfg.workers)
         resources, concurrent = plan_concurrency(settings, raytrain.cluster_capacity(), use_gpu)
+        if not resume:  # only once the search can start: a refused one leaves nothing behind
+            save_config(tune_dir, cfg)
+            storage.write_bytes(storage.join(tune_dir, "search.yaml"), yaml.safe_dump(
+                {"search": settings.search, "class_weights": settings.class_weights,
+                 "scheduler": settings.scheduler, "searcher": settings.searcher, "samples": settings.samples},
+                sort_keys=False).encode())
         space = {**cfg.to_dict(), **_space(settings), **_class_weight_space(settings, meta)}
         class_freq = segdata.class_frequencies(
             segdata.validated_samples(segdata.open_dataset(segdata.resolve_data(cfg.data)), "train", cfg.skip_bad),
@@ -315,10 +316,12 @@ def tune_run(settings: TuneSettings, *, name: str | None, storage_root: str, add
         space.update({"_trials_root": storage.join(tune_dir, "trials"), "_plugin_sources": ship_plugins(cfg.plugins),
                       "_use_gpu": use_gpu, "_num_classes": meta.num_classes,
                       "_class_freq": class_freq})
-        max_epochs = settings.scheduler.get("max_epochs", cfg.epochs)
+        max_epochs = min(settings.scheduler.get("max_epochs", cfg.epochs), cfg.epochs)
         if settings.scheduler.get("type", "asha") == "asha":
-            scheduler = ASHAScheduler(time_attr="epoch", max_t=max_epochs,
-                                      grace_period=settings.scheduler.get("grace_period", 1),
+            grace = settings.scheduler.get("grace_period", 1)
+            if grace > max_epochs:
+                print(f"note: ASHA grace_period {grace} exceeds the {max_epochs} epochs; using {max_epochs}")
+            scheduler = ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=min(grace, max_epochs),
                                       reduction_factor=settings.scheduler.get("reduction_factor", 3))
         else:
             scheduler = FIFOScheduler()

@@ -143,3 +143,12 @@ def test_missing_folder_and_missing_layout_are_user_errors(tmp_path):
         segdata.open_dataset(str(tmp_path / "nope"))
     with pytest.raises(DataError, match="JPEGImages"):
         segdata.open_dataset(str(tmp_path))
+
+
+def test_uri_join_keeps_the_query_at_the_end():
+    from segdata.files import join, normalize_root
+
+    root = "s3://bucket/data/?endpoint_override=http://127.0.0.1:8333&scheme=http"
+    assert normalize_root(root) == "s3://bucket/data?endpoint_override=http://127.0.0.1:8333&scheme=http"
+    assert join(normalize_root(root), "Images", "0.png") == \
+        "s3://bucket/data/Images/0.png?endpoint_override=http://127.0.0.1:8333&scheme=http"
