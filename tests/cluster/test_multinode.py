@@ -168,8 +168,11 @@ def test_local_storage_path_refused_on_multi_node_cluster(cluster: NetnsCluster,
 
 def test_worker_node_killed_mid_run_recovers_from_last_checkpoint(cluster: NetnsCluster):
     """Driver from a shell on the head (RAY_ADDRESS set, as `ray start` users do); the worker node dies after the
-    first finished epoch and comes back: the run restarts from the checkpoint, epochs already done are kept."""
-    epochs = 5
+    second finished epoch and comes back: the run restarts from the checkpoint, epochs already done are kept.
+
+    The newest epoch's report may not have reached Train's controller when the node dies (reports are consumed
+    one behind), so Ray may redo that one epoch; every epoch before it must be kept as it was."""
+    epochs = 8
     run_dir = cluster.shared / "runs" / "killed"
     log = cluster.root / "killed-driver.log"
     driver = cluster.popen(train_argv(storage=f"file://{cluster.shared}/runs", name="killed", epochs=epochs,
@@ -178,7 +181,7 @@ def test_worker_node_killed_mid_run_recovers_from_last_checkpoint(cluster: Netns
     try:
         deadline = time.monotonic() + 300
         history = run_dir / "history.csv"
-        while not (history.exists() and history_rows(history.read_text())):
+        while not (history.exists() and len(history_rows(history.read_text())) >= 2):
             assert driver.poll() is None, f"run ended before its first epoch:\n{file_tail(log)}"
             assert time.monotonic() < deadline, f"no epoch finished in 300 s:\n{file_tail(log)}"
             time.sleep(0.2)
@@ -195,7 +198,8 @@ def test_worker_node_killed_mid_run_recovers_from_last_checkpoint(cluster: Netns
     assert driver.returncode == 0, file_tail(log, 80)
     after = history_rows(history.read_text())
     assert epochs_of(after) == list(range(1, epochs + 1)), "every epoch exactly once"
-    assert after[:len(before)] == before, "epochs finished before the failure are kept, not trained again"
+    kept = len(before) - 1
+    assert after[:kept] == before[:kept], "epochs finished before the failure are kept, not trained again"
     ips = json.loads((run_dir / "workers.json").read_text())["worker_ips"]
     assert sorted(ips) == [cluster.head.ip, cluster.worker.ip], "the restarted node hosts a worker again"
 
