@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "still written by the worker function; Ray's failure handling does not apply).")
     _add_training_flags(p)
     p.add_argument("--workers", type=int, default=None, help="Ray Train workers (0 = in-process debug mode)")
+    p.add_argument("--wait-for-resources", type=float, default=None, metavar="SECONDS",
+                   help="on an autoscaling cluster: wait this long for enough CPUs/GPUs instead of refusing at once")
 
     p = sub.add_parser("tune", help="hyperparameter search on Ray Tune (the main job)")
     _add_training_flags(p)

@@ -59,7 +59,7 @@ def main() -> None:
         }
         for label, overrides in plans.items():
             print(f"--- {label}", flush=True)
-            results[label] = _run(TrainConfig(**{**base.__dict__, **overrides}), tmp, label.replace(" ", "_"))
+            results[label] = _run(TrainConfig(**{**base.__dict__, **overrides}), tmp, f"run{len(results)}")
     ray.shutdown()
     plain, one, two = results.values()
     print(f"\nmini UNet, {a.size}x{a.size}, {a.images} synthetic images, batch 4/worker, {a.epochs} epochs; "

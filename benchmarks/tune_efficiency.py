@@ -4,7 +4,7 @@ One fixed list of pre-sampled learning rates (log-uniform, seeded) runs twice: u
 the maximum epochs (FIFO). Prints the fraction of trial-epochs ASHA used, the gap in the best metric, and the
 start-up per trial (in-process trials vs Train-backed trials).
 
-    python benchmarks/tune_efficiency.py [--trials 8] [--epochs 8]
+    python benchmarks/tune_efficiency.py [--trials 8] [--epochs 16] [--grace 3] [--reduction 3]
 """
 
 from __future__ import annotations
@@ -32,16 +32,20 @@ def _search(train: TrainConfig, lrs: list[float], scheduler: dict, storage: str,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=8)
-    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=16)
+    ap.add_argument("--grace", type=int, default=3, help="ASHA grace period (the synthetic set takes off after ~3)")
+    ap.add_argument("--reduction", type=int, default=3, help="ASHA reduction factor")
     a = ap.parse_args()
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    lrs = sorted(float(v) for v in np.exp(np.random.default_rng(0).uniform(np.log(1e-5), np.log(3e-2), a.trials)))
+    # Seeded and in sampling order (not sorted), as a searcher would propose them.
+    lrs = [float(v) for v in np.exp(np.random.default_rng(0).uniform(np.log(1e-5), np.log(3e-2), a.trials))]
     train = TrainConfig(encoder="mini", data="synth", input_size=(64, 64), batch_size=8, epochs=a.epochs,
                         patience=100, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
-        asha, asha_s = _search(train, lrs, {"type": "asha", "grace_period": 1, "reduction_factor": 2}, tmp, "asha")
+        asha, asha_s = _search(train, lrs, {"type": "asha", "grace_period": a.grace,
+                                                      "reduction_factor": a.reduction}, tmp, "asha")
         full, full_s = _search(train, lrs, {"type": "fifo"}, tmp, "full")
         one = TrainConfig(**{**train.__dict__, "epochs": 1})
         train_backed, _ = _search(one, lrs[:2], {"type": "fifo"}, tmp, "train-backed", workers_per_trial=1)

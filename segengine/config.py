@@ -81,6 +81,7 @@ class TrainConfig:
     channels_last: bool = True
     sync_bn: bool = False
     max_failures: int = 2
+    resource_wait_s: float = 0.0  # > 0: on an autoscaling cluster, wait this long for resources, then refuse
     keep_checkpoints: int = 2
     # run
     storage: str = "runs"
@@ -188,6 +189,7 @@ def _validate(obj: Any, where: str) -> None:
         ("val_fraction", 0 < c.val_fraction < 1, "a number in (0, 1)"),
         ("keep_checkpoints", c.keep_checkpoints >= 1, "an integer >= 1"),
         ("max_failures", c.max_failures >= -1, "an integer >= -1 (-1 = retry forever)"),
+        ("resource_wait_s", c.resource_wait_s >= 0, "seconds >= 0"),
         ("input_size", all(s >= 8 for s in c.input_size), "two integers >= 8 (H W)"),
         ("schema_version", c.schema_version == SCHEMA_VERSION, f"{SCHEMA_VERSION} (this release's schema)"),
     ]
@@ -221,7 +223,8 @@ FLAG_KEYS = {
     "encoder": "encoder", "data": "data", "input_size": "input_size", "batch_size": "batch_size",
     "epochs": "epochs", "lr": "lr", "lr_decay": "lr_decay", "class_weights": "class_weights", "loss": "loss",
     "freeze_epochs": "freeze_epochs", "metric": "metric", "mode": "mode", "seed": "seed", "workers": "workers",
-    "skip_bad": "skip_bad", "storage": "storage", "name": "name", "address": "address",
+    "skip_bad": "skip_bad", "wait_for_resources": "resource_wait_s", "storage": "storage", "name": "name",
+    "address": "address",
 }
 
 

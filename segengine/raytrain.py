@@ -6,6 +6,8 @@ Ray's API changes between releases; its Train calls live here (and Tune's in `tu
 from __future__ import annotations
 
 import os
+import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -53,18 +55,28 @@ def wants_gpu(cfg: TrainConfig, workers: int) -> bool:
     return gpus >= max(workers, 1)
 
 
-def check_resources(workers: int, cpus_per_worker: int, use_gpu: bool, *, concurrent: int = 1,
-                    extra_cpus: float = 0.0, what: str = "this run") -> None:
-    """Refuse a request that can never fit, naming what to lower."""
+def _shortfall(workers: int, cpus_per_worker: int, use_gpu: bool) -> str | None:
     cap = cluster_capacity()
-    need_cpu = concurrent * (workers * cpus_per_worker + extra_cpus)
-    if need_cpu > cap["CPU"]:
-        raise ResourceError(
-            f"{what} needs {need_cpu:g} CPUs ({concurrent} x ({workers} worker(s) x {cpus_per_worker} CPU"
-            f"{f' + {extra_cpus:g} for the trial driver' if extra_cpus else ''})) but the cluster has "
-            f"{cap['CPU']:g}; lower --workers/--workers-per-trial or cpus_per_worker")
-    if use_gpu and concurrent * workers > cap["GPU"]:
-        raise ResourceError(f"{what} needs {concurrent * workers} GPU(s) but the cluster has {cap['GPU']:g}")
+    if workers * cpus_per_worker > cap["CPU"]:
+        return (f"this run needs {workers * cpus_per_worker} CPUs ({workers} worker(s) x {cpus_per_worker} CPU) but "
+                f"the cluster has {cap['CPU']:g}")
+    if use_gpu and workers > cap["GPU"]:
+        return f"this run needs {workers} GPU(s) but the cluster has {cap['GPU']:g}"
+    return None
+
+
+def check_resources(workers: int, cpus_per_worker: int, use_gpu: bool, *, wait_s: float = 0.0) -> None:
+    """Refuse a request the cluster cannot satisfy instead of waiting forever; on an autoscaling cluster
+    (`resource_wait_s` > 0) warn and wait that long for nodes to join first."""
+    deadline = time.monotonic() + wait_s
+    while (short := _shortfall(workers, cpus_per_worker, use_gpu)) is not None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            waited = f" after waiting {wait_s:g} s for nodes to join" if wait_s else ""
+            raise ResourceError(f"{short}{waited}; lower --workers or cpus_per_worker"
+                                f"{'' if wait_s else ', or set resource_wait_s on an autoscaling cluster'}")
+        print(f"waiting up to {left:.0f} s for the autoscaler: {short}", file=sys.stderr, flush=True)
+        time.sleep(min(10.0, max(left, 0.1)))
 
 
 def storage_args(path: str) -> dict[str, Any]:
@@ -117,7 +129,7 @@ def fit(prep, config_for: Callable[..., dict[str, Any]]) -> None:
     try:
         check_storage_for_cluster(cfg.storage, alive_node_ips())
         use_gpu = wants_gpu(cfg, cfg.workers)
-        check_resources(cfg.workers, cfg.cpus_per_worker, use_gpu)
+        check_resources(cfg.workers, cfg.cpus_per_worker, use_gpu, wait_s=cfg.resource_wait_s)
         save_config(prep.run_dir, cfg)  # only once the run can start: a refused run leaves nothing behind
         print_plan(prep, cfg.workers, use_gpu)
         trainer = make_trainer(train_func, config_for(prep, "train"), cfg, storage_path=cfg.storage,

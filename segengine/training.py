@@ -19,8 +19,8 @@ from segengine import checkpoint, storage
 from segengine.config import ConfigError, TrainConfig, diff_configs
 
 CONFIG_FILE = "config.yaml"
-# Keys that may change on --resume: the epoch budget, and where the driver connects from.
-RESUMABLE_KEYS = {"epochs", "address"}
+# Keys that may change on --resume: the epoch budget, and how the driver reaches the cluster.
+RESUMABLE_KEYS = {"epochs", "address", "resource_wait_s"}
 
 
 class RunError(RuntimeError):

@@ -81,7 +81,13 @@ def test_impossible_resources_are_refused(ray_local, tmp_path, capsys):
     code = main(["train", "--data", "synth:seed=0,n_train=16,n_val=8,size=64", "--storage", str(tmp_path),
                  "--workers", "64", "--epochs", "1", "--input-size", "64", "64"])
     err = capsys.readouterr().err
-    assert code == 2 and "needs 64 CPUs" in err and "--workers" in err
+    assert code == 2 and "needs 64 CPUs" in err and "--workers" in err and err.count("\n") == 1
+    # an autoscaling cluster: warn, wait the given time for nodes to join, then refuse
+    start = time.monotonic()
+    code = main(["train", "--data", "synth:seed=0,n_train=16,n_val=8,size=64", "--storage", str(tmp_path),
+                 "--workers", "64", "--epochs", "1", "--input-size", "64", "64", "--wait-for-resources", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "waiting up to" in err and "after waiting 2 s" in err and time.monotonic() - start >= 2
 
 
 def test_unknown_encoder_and_bad_key_are_one_line(tmp_path, capsys):

@@ -81,3 +81,19 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     assert all(r["status"] == "finished" for r in rows), rows
     for name in first_done:  # finished before the kill: not rerun
         assert (trials / name / "history.csv").stat().st_mtime == stamp[name]
+
+
+def test_train_backed_trial_reports_every_epoch_and_its_checkpoint(ray_local, tmp_path):
+    """workers_per_trial >= 1: each trial fits a TorchTrainer; metrics and the checkpoint path reach Tune."""
+    from segengine.tuning import load_settings, tune_run
+
+    config = _search_file(tmp_path, [3e-3], epochs=2, extra={"resources": {"workers_per_trial": 1}})
+    settings = load_settings(str(config), {}, {})
+    out = tune_run(settings, name="tb", storage_root=str(tmp_path), address=None, resume=False, overwrite=False)
+    (row,) = out["rows"]
+    assert row["status"] == "finished" and row["epochs"] == 2
+    from segengine import checkpoint
+
+    assert checkpoint.is_complete(out["best_checkpoint"])
+    assert checkpoint.read_manifest(out["best_checkpoint"])["config"]["workers"] == 1
+    assert (Path(row["run_dir"]) / "history.csv").exists()
