@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,10 @@ class Reporter:
 
         return torch.device("cuda", 0) if use_gpu else torch.device("cpu")
 
+    def checkpoint_path(self, epoch: int) -> str:
+        """Where the checkpoint of (1-based) `epoch` lands in the run's storage."""
+        return storage.join(self.run_dir, checkpoint.dir_name(epoch))
+
     def latest_checkpoint(self) -> str | None:
         paths = checkpoint.list_complete(self.run_dir)
         return paths[-1] if paths else None
@@ -51,11 +56,15 @@ class Reporter:
         with tempfile.TemporaryDirectory(prefix="unet-zoo-restore-") as tmp:
             yield storage.download_dir(path, tmp) if storage.is_uri(path) else path
 
-    def report(self, metrics: dict[str, Any], state: dict | None, manifest: dict | None, epoch: int) -> str | None:
-        """Persist the epoch's checkpoint (rank 0 passes state) and publish metrics; returns the checkpoint path."""
+    def report(self, metrics: dict[str, Any], state: dict | None, manifest: dict | None, epoch: int,
+               persisted: Callable[[str | None], None]) -> None:
+        """Persist the epoch's checkpoint (rank 0 passes state), call `persisted(path)`, publish the metrics."""
+        persisted(self._store(state, manifest, epoch))
+
+    def _store(self, state: dict | None, manifest: dict | None, epoch: int) -> str | None:
         if state is None:
             return None
-        target = storage.join(self.run_dir, checkpoint.dir_name(epoch))
+        target = self.checkpoint_path(epoch)
         if storage.is_uri(target):
             with tempfile.TemporaryDirectory(prefix="unet-zoo-ckpt-") as tmp:
                 checkpoint.write(Path(tmp) / "c", state, manifest)
@@ -73,12 +82,12 @@ class LocalReporter(Reporter):
 class TuneReporter(Reporter):
     """An in-process Tune trial."""
 
-    def report(self, metrics, state, manifest, epoch):
+    def report(self, metrics, state, manifest, epoch, persisted):
         from ray import tune
 
-        path = super().report(metrics, state, manifest, epoch)
+        path = self._store(state, manifest, epoch)
+        persisted(path)
         tune.report({**metrics, "checkpoint_path": path or ""})
-        return path
 
 
 class RayTrainReporter(Reporter):
@@ -115,18 +124,18 @@ class RayTrainReporter(Reporter):
         with ckpt.as_directory() as path:
             yield path
 
-    def report(self, metrics, state, manifest, epoch):
+    def report(self, metrics, state, manifest, epoch, persisted):
         import ray.train
 
         if state is None:
             ray.train.report(metrics)
-            return None
+            persisted(None)
+            return
         with tempfile.TemporaryDirectory(prefix="unet-zoo-ckpt-") as tmp:
             folder = checkpoint.write(Path(tmp) / "c", state, manifest)
-            name = checkpoint.dir_name(epoch)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)),
-                             checkpoint_dir_name=name)
-        return storage.join(self.run_dir, name)
+                             checkpoint_dir_name=checkpoint.dir_name(epoch))
+        persisted(self.checkpoint_path(epoch))
 
 
 def _quiet_train_reports() -> None:

@@ -7,6 +7,7 @@ gives the same batches, and a resumed run continues the epoch count, the learnin
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import time
@@ -267,15 +268,19 @@ class Trainer:
                          "scheduler": self.scheduler.state_dict(), "epoch": epoch, "rng": _rng_state(),
                          "history": self.history, "best": self.best, "stale_epochs": self.stale}
                 manifest = manifest_for(cfg, self.meta, self.model, self.norm, epoch, metrics)
-            path = self.reporter.report(metrics, state, manifest, epoch + 1)
-            if self.artifacts is not None:
-                self.artifacts.epoch_done(self.history, path, scores)
-                if self.verbose:
-                    self._print_epoch(metrics, epoch)
+            self.reporter.report(metrics, state, manifest, epoch + 1,
+                                 functools.partial(self._epoch_stored, metrics, epoch, scores))
             if self.stale >= cfg.patience and self.rank == 0 and self.verbose:
                 print(f"early stop: {cfg.metric} did not improve for {cfg.patience} epochs", flush=True)
         if not reported and self.history:  # resumed after the end: repeat the last metrics for Tune/Train
-            self.reporter.report(self.history[-1], None, None, int(self.history[-1]["epoch"]))
+            self.reporter.report(self.history[-1], None, None, int(self.history[-1]["epoch"]), lambda _: None)
+
+    def _epoch_stored(self, metrics: dict[str, Any], epoch: int, scores: dict, path: str | None) -> None:
+        """The run folder shows an epoch once its checkpoint is stored, and before Tune may end the trial."""
+        if self.artifacts is not None:
+            self.artifacts.epoch_done(self.history, path, scores)
+            if self.verbose:
+                self._print_epoch(metrics, epoch)
 
     def _epoch_metrics(self, epoch, lr, train_loss, images, train_time, scores, epoch_start) -> dict[str, Any]:
         metrics = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "val_loss": scores["loss"],

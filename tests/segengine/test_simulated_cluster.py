@@ -2,6 +2,7 @@
 different nodes and the model still learns. Runs in its own process: it needs its own Ray cluster."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,12 @@ from ray.cluster_utils import Cluster
 from engine_helpers import tiny_config
 from segengine.training import train
 
-cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True})
+import socket
+with socket.socket() as s:  # the shared test instance holds the default dashboard port
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True,
+                                                        "dashboard_port": port})
 cluster.add_node(num_cpus=1)
 cluster.wait_for_nodes()
 ray.init(address=cluster.address, logging_level="ERROR")
@@ -29,8 +35,9 @@ cluster.shutdown()
 
 
 def test_workers_on_two_simulated_nodes_learn(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # not the shared test instance
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path), str(REPO)], cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(proc.stdout.split("RESULT", 1)[1])
     nodes = json.loads((Path(result["run_dir"]) / "workers.json").read_text())["worker_node_ids"]
