@@ -22,7 +22,6 @@ from segengine import checkpoint, storage
 
 
 class Reporter:
-    distributed = False  # True when the worker runs under Ray Train (DDP via prepare_model)
     world_rank = 0
     world_size = 1
     local_rank = 0
@@ -37,6 +36,10 @@ class Reporter:
         import torch
 
         return torch.device("cuda", 0) if use_gpu else torch.device("cpu")
+
+    def wrap_model(self, model):
+        """The module the training steps call (DDP-wrapped under Ray Train)."""
+        return model
 
     def checkpoint_path(self, epoch: int) -> str:
         """Where the checkpoint of (1-based) `epoch` lands in the run's storage."""
@@ -93,7 +96,6 @@ class TuneReporter(Reporter):
 class RayTrainReporter(Reporter):
     """A Ray Train worker; Ray owns checkpoint persistence, retention and restoration."""
 
-    distributed = True
 
     def __init__(self, run_dir: str, keep: int, metric: str, mode: str):
         import ray
@@ -112,6 +114,11 @@ class RayTrainReporter(Reporter):
         import ray.train.torch
 
         return ray.train.torch.get_device() if use_gpu else super().device(False)
+
+    def wrap_model(self, model):
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model, move_to_device=False, parallel_strategy="ddp")
 
     @contextmanager
     def restored(self):

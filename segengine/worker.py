@@ -168,15 +168,8 @@ class Trainer:
         self.stale = 0
         self.start_epoch = 0
         self._restore()
-        self.net = self._wrap(self.model)
+        self.net = reporter.wrap_model(self.model)
         self.artifacts = RunArtifacts(reporter.run_dir, self.meta.classes) if self.rank == 0 else None
-
-    def _wrap(self, model):
-        if self.reporter.distributed:
-            import ray.train.torch
-
-            return ray.train.torch.prepare_model(model, move_to_device=False, parallel_strategy="ddp")
-        return model
 
     def _restore(self) -> None:
         with self.reporter.restored() as folder:
