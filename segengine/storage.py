@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from segdata.files import is_uri, join, locate
 
-def is_uri(path: str) -> bool:
-    return "://" in path
+__all__ = ["delete_dir", "download_dir", "exists", "filesystem", "is_uri", "join", "list_dirs", "read_text",
+           "resolve", "upload_dir", "write_bytes"]
 
 
 def resolve(path: str) -> str:
@@ -17,18 +18,9 @@ def resolve(path: str) -> str:
     return path if is_uri(path) else str(Path(path).expanduser().resolve())
 
 
-def join(base: str, *parts: str) -> str:
-    """Join path parts, keeping a URI's query string (s3://b/p?endpoint_override=...) at the end."""
-    root, sep, query = base.partition("?")
-    joined = "/".join([root.rstrip("/"), *[p.strip("/") for p in parts]])
-    return joined + sep + query
-
-
 def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path inside it) for a local folder or URI."""
-    if is_uri(path):
-        return pafs.FileSystem.from_uri(path)
-    return pafs.LocalFileSystem(), resolve(path)
+    """(filesystem, path inside it) for a local folder or URI; the data layer's, so both cache the same way."""
+    return locate(path if is_uri(path) else resolve(path))
 
 
 def exists(path: str) -> bool:
