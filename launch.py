@@ -16,6 +16,12 @@ def _add_plugin_flag(p: argparse.ArgumentParser) -> None:
                    help="import a plugin module or .py file that registers encoders (repeatable)")
 
 
+def _add_tile_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tile", action=argparse.BooleanOptionalAction, default=None,
+                   help="sliding windows at native resolution (--no-tile: letterbox); default: how the "
+                        "checkpoint's recipe validated")
+
+
 def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=None,
                    help="Ray cluster address (auto or HOST:PORT); default: $RAY_ADDRESS, else a local Ray")
@@ -41,6 +47,21 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--class-weights", nargs="+", type=float, default=None, metavar="W")
     p.add_argument("--loss", choices=["ce", "dice", "focal", "ce+dice"], default=None)
     p.add_argument("--freeze-epochs", type=int, default=None, help="train the decoder only for K epochs")
+    p.add_argument("--sampling", choices=["letterbox", "patch"], default=None,
+                   help="letterbox: whole images resized to --input-size (the tutorial); patch: random crops of "
+                        "--input-size at native resolution")
+    p.add_argument("--samples-per-epoch", type=int, default=None, help="patch sampling: crops per epoch (global)")
+    p.add_argument("--validation", choices=["letterbox", "sliding"], default=None,
+                   help="sliding: windows at native resolution, blended")
+    p.add_argument("--train-split", default=None, metavar="NAME_OR_FILE", help="split to train on (default train)")
+    p.add_argument("--val-split", default=None, metavar="NAME_OR_FILE", help="split to validate on (default val)")
+    p.add_argument("--val-every", type=int, default=None, metavar="K", help="validate every K epochs")
+    p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default=None)
+    p.add_argument("--schedule", choices=["exponential", "cosine", "poly"], default=None)
+    p.add_argument("--warmup-steps", type=int, default=None)
+    p.add_argument("--bn-momentum", type=float, default=None, help="BatchNorm momentum (PyTorch convention)")
+    p.add_argument("--patience", type=int, default=None, help="early stopping: epochs without improvement")
+    p.add_argument("--min-steps", type=int, default=None, help="early stopping never fires before these steps")
     p.add_argument("--metric", default=None, help="metric for best checkpoint/early stopping (default val_miou)")
     p.add_argument("--mode", choices=["max", "min"], default=None)
     p.add_argument("--seed", type=int, default=None)
@@ -103,14 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help=">1 spreads the split over Ray tasks")
     p.add_argument("--out", default=None, help="folder for JSON/CSV/PNG (default: next to the checkpoint)")
     p.add_argument("--address", default=None)
+    _add_tile_flag(p)
     _add_plugin_flag(p)
 
     p = sub.add_parser("predict", help="masks, colour masks and overlays for images")
     p.add_argument("checkpoint")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders or globs")
     p.add_argument("--out", required=True)
-    p.add_argument("--tile", action="store_true", help="sliding-window inference for large images")
-    p.add_argument("--overlap", type=float, default=0.25)
+    _add_tile_flag(p)
+    p.add_argument("--overlap", type=float, default=None, help="window overlap (default: the recipe's, or 0.25)")
     p.add_argument("--counts", action="store_true", help="also write per-class pixel counts (CSV)")
     _add_plugin_flag(p)
 

@@ -9,6 +9,11 @@ grey canvas, float32 HSV jitter through OpenCV, `pixel <= 127.5 -> membrane`, `n
 Both sides start from decoded pictures (the transform alone), and again from the PNG files (what a DataLoader
 worker does per sample). OpenCV and torch run single-threaded, so the figures are per core.
 
+Then the training pipeline of each shipped patch recipe (tune_configs/isbi.yaml on ISBI, camvid.yaml on CamVid:
+crops, elastic deformation, rotations, intensity, noise, blur, class-aware centring; decoded pairs cached as in
+training), next to the images/s one training worker of that recipe consumes, so it shows whether loading could
+ever be the bottleneck of a 2-worker CPU run.
+
     .venv/bin/python benchmarks/data_throughput.py [--repeats 5] [--size 512]
 """
 
@@ -28,7 +33,9 @@ from PIL import Image
 
 import segdata
 
-ISBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012"
+REPO = Path(__file__).resolve().parents[1]
+ISBI = REPO.parent / "shared" / "data" / "isbi2012"
+RECIPES = {"isbi.yaml": ISBI, "camvid.yaml": REPO.parent / "shared" / "data" / "camvid"}
 
 
 def rand(a: float = 0.0, b: float = 1.0) -> float:
@@ -154,7 +161,45 @@ def main() -> int:
     for name, channels, source, ms in rows:
         print(f"{name:<36} {channels:<16} {source:<10} {ms:8.2f} {1000 / ms:11.1f} {reference[source] / ms:8.1f}x")
     print(f"ratio (segdata grey vs tutorial, transform only): {rows[0][3] / rows[1][3]:.1f}x (goal >= 2x)")
+    recipe_pipelines(args.repeats)
     return 0
+
+
+def recipe_pipelines(repeats: int) -> None:
+    """Crops/s of each patch recipe's loader (one core) against the crops/s one training worker uses."""
+    import yaml
+
+    import zoo
+    from segengine.config import TrainConfig
+    from segengine.worker import make_train_set
+
+    print("\npatch recipes: loader crops/s on one core vs a training worker's consumption (batch, 1 thread)")
+    print(f"{'recipe':<12} {'crop':>9} {'ms/crop':>8} {'crops/s':>8} {'worker uses':>12} {'share':>7}")
+    for recipe, root in RECIPES.items():
+        cfg = TrainConfig.from_dict(yaml.safe_load((REPO / "tune_configs" / recipe).read_text())["train"])
+        folder = segdata.open_dataset(str(root))
+        norm = zoo.get_spec(cfg.encoder).normalization.for_channels(folder.meta.in_channels)
+        dataset = make_train_set(cfg, folder.samples("train"), folder.meta, norm)
+        count = 64
+        for i in range(len(dataset.samples)):  # training caches decoded pairs after the first epoch
+            dataset.pair(i)
+        (ms,) = median_ms([lambda repeat, i, ds=dataset: (ds.set_epoch(repeat), ds[i])], count, repeats)
+        model = zoo.create_model(cfg.encoder, folder.meta.num_classes, in_channels=folder.meta.in_channels)
+        optimizer = torch.optim.AdamW(model.parameters())
+        x = torch.randn(cfg.batch_size, folder.meta.in_channels, *cfg.input_size)
+        y = torch.randint(0, folder.meta.num_classes, (cfg.batch_size, *cfg.input_size))
+        steps = []
+        for _ in range(3):
+            started = time.perf_counter()
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            steps.append(time.perf_counter() - started)
+        used = cfg.batch_size / statistics.median(steps[1:])
+        print(f"{recipe:<12} {'x'.join(map(str, cfg.input_size)):>9} {ms:8.2f} {1000 / ms:8.1f} {used:10.1f}/s "
+              f"{used * ms / 10:6.1f}%")
+    print("share: the part of one core a worker's loader needs to keep up (< 100 %: never the bottleneck)")
 
 
 if __name__ == "__main__":

@@ -14,21 +14,29 @@ from segdata.files import read_image, read_label
 from segdata.folder import Sample, SegFolder, open_dataset
 from segdata.meta import IGNORE, DataError, DatasetMeta
 from segdata.resolve import resolve_data
-from segdata.transforms import EvalTransform, Letterbox, TrainTransform
+from segdata.transforms import (
+    EvalTransform,
+    Letterbox,
+    NativeTransform,
+    PatchTransform,
+    TrainTransform,
+    normalised_grey,
+)
 
 if TYPE_CHECKING:
-    from segdata.dataset import SegmentationDataset
+    from segdata.dataset import PatchDataset, SegmentationDataset
 
 __all__ = [
-    "IGNORE", "DataError", "DataReport", "DatasetMeta", "EvalTransform", "Letterbox", "Sample", "SegFolder",
-    "SegmentationDataset", "TrainTransform", "check_dataset", "class_frequencies", "open_dataset",
+    "IGNORE", "DataError", "DataReport", "DatasetMeta", "EvalTransform", "Letterbox", "NativeTransform",
+    "PatchDataset", "PatchTransform", "Sample", "SegFolder", "SegmentationDataset", "TrainTransform",
+    "normalised_grey", "check_dataset", "class_frequencies", "open_dataset",
     "isbi", "read_image", "read_label", "resolve_data", "synth", "validated_samples",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "SegmentationDataset":
-        from segdata.dataset import SegmentationDataset
+    if name in ("SegmentationDataset", "PatchDataset"):
+        from segdata import dataset
 
-        return SegmentationDataset
+        return getattr(dataset, name)
     raise AttributeError(f"module 'segdata' has no attribute {name!r}")

@@ -53,3 +53,61 @@ class SegmentationDataset(Dataset):
             if y is None:
                 y = np.full(x.shape[1:], IGNORE, np.int64)
         return torch.from_numpy(x), torch.from_numpy(y)
+
+
+class PatchDataset(Dataset):
+    """`length` random crops per epoch from a list of labelled images (see `segdata.PatchTransform`).
+
+    Index i of epoch e uses image `order(e)[i mod n]` (every image equally often, in a fresh order each epoch)
+    and the generator `[seed, epoch, i]` for the crop and its augmentation: each DDP rank draws its own crops
+    (different indices), and a resumed run redraws exactly the crops of the epochs it repeats. Decoded pairs are
+    kept in memory up to `cache_bytes` per process, since a small set is read hundreds of times per epoch.
+    """
+
+    def __init__(self, samples: Sequence[Sample], meta: DatasetMeta, transform: Callable, *, length: int,
+                 seed: int = 0, cache_bytes: int = 2 << 30) -> None:
+        missing = [s.name for s in samples if s.label is None]
+        if missing:
+            raise DataError(f"patch training needs labels; {len(missing)} image(s) have none (e.g. {missing[0]})")
+        if not samples:
+            raise DataError("patch training needs at least one labelled image")
+        self.samples = list(samples)
+        self.meta = meta
+        self.transform = transform
+        self.length = int(length)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.cache_bytes = cache_bytes
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._cached = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def image_index(self, index: int) -> int:
+        n = len(self.samples)
+        order = np.random.default_rng([self.seed, self.epoch, index // n, 7919]).permutation(n)
+        return int(order[index % n])
+
+    def pair(self, image_index: int) -> tuple[np.ndarray, np.ndarray]:
+        if image_index in self._cache:
+            return self._cache[image_index]
+        sample = self.samples[image_index]
+        image = to_channels(read_image(sample.image), self.meta.in_channels)
+        label = read_label(sample.label, self.meta)
+        if label.shape != image.shape[:2]:
+            raise DataError(f"{sample.label} is {label.shape[1]}x{label.shape[0]} but {sample.image} is "
+                            f"{image.shape[1]}x{image.shape[0]}; run `launch.py data check`")
+        size = image.nbytes + label.nbytes
+        if self._cached + size <= self.cache_bytes:
+            self._cache[image_index] = (image, label)
+            self._cached += size
+        return image, label
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, label = self.pair(self.image_index(index))
+        x, y = self.transform(image, label, np.random.default_rng([self.seed, self.epoch, index]))
+        return torch.from_numpy(x), torch.from_numpy(y)

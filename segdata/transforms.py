@@ -166,3 +166,146 @@ class EvalTransform:
         canvas, label_canvas = _place(image, label, (nh, nw), (h, w), (box.top, box.left), flip=False)
         y = None if label_canvas is None else label_canvas.astype(np.int64)
         return _normalise(canvas, self.table), y, box
+
+
+def _crop_padded(array: np.ndarray, top: int, left: int, height: int, width: int, fill: int) -> np.ndarray:
+    """array[top:top+height, left:left+width] where parts outside the array are `fill`."""
+    out = np.full((height, width, *array.shape[2:]), fill, array.dtype)
+    y0, y1 = max(top, 0), min(top + height, array.shape[0])
+    x0, x1 = max(left, 0), min(left + width, array.shape[1])
+    if y1 > y0 and x1 > x0:
+        out[y0 - top:y1 - top, x0 - left:x1 - left] = array[y0:y1, x0:x1]
+    return out
+
+
+def elastic_maps(shape: tuple[int, int], grid: int, std: float, rng: np.random.Generator
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The U-Net paper's deformation: random displacements (Gaussian, `std` pixels) on a coarse grid x grid
+    lattice, interpolated bicubically to every pixel; returns cv2.remap's (map_x, map_y)."""
+    h, w = shape
+    coarse = rng.normal(0.0, std, size=(2, grid, grid)).astype(np.float32)
+    dx = cv2.resize(coarse[0], (w, h), interpolation=cv2.INTER_CUBIC)
+    dy = cv2.resize(coarse[1], (w, h), interpolation=cv2.INTER_CUBIC)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    return xs + dx, ys + dy
+
+
+def _intensity_lut(rng: np.random.Generator, brightness: float, contrast: float,
+                   gamma: tuple[float, float]) -> np.ndarray | None:
+    """uint8 -> uint8 table for gamma, contrast (around mid-grey) and brightness; None when all are off."""
+    if not brightness and not contrast and gamma == (1.0, 1.0):
+        return None
+    g = float(np.exp(rng.uniform(np.log(gamma[0]), np.log(gamma[1]))))
+    c = rng.uniform(1 - contrast, 1 + contrast)
+    b = rng.uniform(-brightness, brightness) * 255
+    values = (np.arange(256) / 255.0) ** g * 255
+    return np.clip(np.round((values - 128) * c + 128 + b), 0, 255).astype(np.uint8)
+
+
+class PatchTransform:
+    """Random crops of `crop_size` at native resolution (times an optional zoom), for training on large images
+    (EM sections, street scenes) without downscaling them; crops past an image border are padded (grey 128,
+    labels IGNORE).
+
+    Augmentations, each drawn from the sample's own generator: 90-degree rotations, horizontal and vertical
+    flips, elastic deformation (image bilinear, label nearest, on the same map), gamma/contrast/brightness and
+    HSV jitter (one lookup table), Gaussian blur and Gaussian noise. With probability `class_aware` a crop is
+    centred on a random pixel of a class drawn uniformly from the classes present in the label, so rare classes
+    are seen far more often than their pixel share (nnU-Net's foreground oversampling).
+    """
+
+    def __init__(self, crop_size: tuple[int, int], mean: Sequence[float], std: Sequence[float], *,
+                 num_classes: int, zoom: tuple[float, float] = (1.0, 1.0), flip: float = 0.5, vflip: float = 0.0,
+                 rot90: bool = False, elastic: float = 0.0, elastic_grid: int = 3, elastic_std: float = 10.0,
+                 brightness: float = 0.0, contrast: float = 0.0, gamma: tuple[float, float] = (1.0, 1.0),
+                 noise: float = 0.0, noise_std: float = 8.0, blur: float = 0.0,
+                 blur_sigma: tuple[float, float] = (0.5, 1.5), hue: float = 0.0, sat: float = 1.0,
+                 val: float = 1.0, class_aware: float = 0.0) -> None:
+        self.crop_size = (int(crop_size[0]), int(crop_size[1]))
+        self.table = _normalisation_table(mean, std)
+        self.std = np.asarray(std, np.float32)
+        self.num_classes = num_classes
+        self.zoom, self.flip, self.vflip, self.rot90 = (float(zoom[0]), float(zoom[1])), flip, vflip, rot90
+        self.elastic, self.elastic_grid, self.elastic_std = elastic, int(elastic_grid), float(elastic_std)
+        self.brightness, self.contrast, self.gamma = brightness, contrast, (float(gamma[0]), float(gamma[1]))
+        self.noise, self.noise_std = noise, noise_std
+        self.blur, self.blur_sigma = blur, (float(blur_sigma[0]), float(blur_sigma[1]))
+        self.hue, self.sat, self.val = hue, sat, val
+        self.class_aware = class_aware
+
+    def _centre(self, label: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
+        if self.class_aware and rng.uniform() < self.class_aware:
+            counts = np.bincount(label.ravel(), minlength=256)[: self.num_classes]
+            present = np.flatnonzero(counts)
+            if len(present):
+                cls = int(rng.choice(present))
+                where = np.flatnonzero(label.ravel() == cls)
+                pick = int(where[rng.integers(len(where))])
+                return pick // label.shape[1] + 0.5, pick % label.shape[1] + 0.5
+        return rng.uniform(0, label.shape[0]), rng.uniform(0, label.shape[1])
+
+    def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """image H x W x C uint8, label H x W uint8 class ids -> (C x h x w float32, h x w int64)."""
+        label = np.asarray(label, np.uint8)
+        h, w = self.crop_size
+        turns = int(rng.integers(4)) if self.rot90 else 0
+        out_h, out_w = (w, h) if turns % 2 else (h, w)  # the crop before rotation
+        zoom = rng.uniform(*self.zoom) if self.zoom != (1.0, 1.0) else 1.0
+        src_h, src_w = max(1, round(out_h / zoom)), max(1, round(out_w / zoom))
+        cy, cx = self._centre(label, rng)
+        # keep the crop inside the image where the image is large enough, else centre it with padding around
+        top = int(np.clip(round(cy - src_h / 2), 0, image.shape[0] - src_h)) if image.shape[0] >= src_h \
+            else -((src_h - image.shape[0]) // 2)
+        left = int(np.clip(round(cx - src_w / 2), 0, image.shape[1] - src_w)) if image.shape[1] >= src_w \
+            else -((src_w - image.shape[1]) // 2)
+        img = _crop_padded(image, top, left, src_h, src_w, PAD_GREY)
+        lab = _crop_padded(label, top, left, src_h, src_w, IGNORE)
+        if (src_h, src_w) != (out_h, out_w):
+            img = cv2.resize(img, (out_w, out_h), interpolation=cv2.INTER_LINEAR).reshape(out_h, out_w, -1)
+            lab = cv2.resize(lab, (out_w, out_h), interpolation=cv2.INTER_NEAREST_EXACT)
+        if turns:
+            img, lab = np.rot90(img, turns), np.rot90(lab, turns)
+        if rng.uniform() < self.flip:
+            img, lab = img[:, ::-1], lab[:, ::-1]
+        if rng.uniform() < self.vflip:
+            img, lab = img[::-1], lab[::-1]
+        img, lab = np.ascontiguousarray(img), np.ascontiguousarray(lab)
+        if self.elastic and rng.uniform() < self.elastic:
+            map_x, map_y = elastic_maps((h, w), self.elastic_grid, self.elastic_std, rng)
+            channels = img.shape[2]
+            img = cv2.remap(img, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+            img = img.reshape(h, w, channels)
+            lab = cv2.remap(lab, map_x, map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REFLECT_101)
+        if self.blur and rng.uniform() < self.blur:
+            img = cv2.GaussianBlur(img, (0, 0), rng.uniform(*self.blur_sigma)).reshape(h, w, -1)
+        value_lut = _intensity_lut(rng, self.brightness, self.contrast, self.gamma)
+        if img.shape[2] == 3 and (self.hue or self.sat != 1 or self.val != 1):
+            values = np.arange(256, dtype=np.float64)
+            hsv_lut = np.stack([((values + rng.uniform(-self.hue, self.hue) * 180) % 180).astype(np.uint8),
+                                np.clip(values * _jitter_factor(rng, self.sat), 0, 255).astype(np.uint8),
+                                np.clip(values * _jitter_factor(rng, self.val), 0, 255).astype(np.uint8)],
+                               axis=1)[None]
+            img = cv2.cvtColor(cv2.LUT(cv2.cvtColor(img, cv2.COLOR_RGB2HSV), hsv_lut), cv2.COLOR_HSV2RGB)
+        x = _normalise(img, self.table, value_lut)
+        if self.noise and rng.uniform() < self.noise:
+            sigma = rng.uniform(0, self.noise_std) / self.std[:, None, None]
+            x += rng.standard_normal(x.shape, dtype=np.float32) * sigma
+        return x, lab.astype(np.int64)
+
+
+class NativeTransform:
+    """Validation at native resolution: normalisation only (the image keeps its size; sliding windows follow)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.table = _normalisation_table(mean, std)
+
+    def __call__(self, image: np.ndarray, label: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray | None, None]:
+        y = None if label is None else np.asarray(label, np.uint8).astype(np.int64)
+        return _normalise(np.ascontiguousarray(image), self.table), y, None
+
+
+def normalised_grey(mean: Sequence[float], std: Sequence[float]) -> list[float]:
+    """What grey 128 padding becomes after normalisation, per channel."""
+    return [(PAD_GREY - m) / s for m, s in zip(mean, std, strict=True)]

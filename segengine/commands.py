@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from segengine.config import TrainConfig, flag_overrides, load_yaml, merge_plugins
+from segengine.config import SEARCH_FILE_KEYS, TrainConfig, flag_overrides, load_yaml, merge_plugins
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
-    """Config file first, then the flags the user gave; plugins from both are kept."""
+    """Config file first, then the flags the user gave; plugins from both are kept. A search file (the recipes in
+    tune_configs/) trains with its `train:` section, so one file is both the recipe and its search."""
     raw = load_yaml(args.config) if args.config else {}
+    if "train" in raw and set(raw) <= set(SEARCH_FILE_KEYS):
+        raw = dict(raw["train"] or {})
     raw.update(flag_overrides(args))
     raw["plugins"] = merge_plugins(raw.get("plugins") or [], args.plugin)
     return TrainConfig.from_dict(raw, where=args.config or "command line")
@@ -53,7 +56,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from segengine.inference import evaluate as run_evaluate
 
     run_evaluate(args.checkpoint, args.data, split=args.split, workers=args.workers, out=args.out,
-                 address=args.address, plugin_refs=args.plugin)
+                 address=args.address, plugin_refs=args.plugin, tile=args.tile)
     return 0
 
 

@@ -18,6 +18,13 @@ import yaml
 SCHEMA_VERSION = 1
 LOSSES = ("ce", "dice", "focal", "ce+dice")
 MODES = ("max", "min")
+SAMPLINGS = ("letterbox", "patch")
+VALIDATIONS = ("letterbox", "sliding")
+SCHEDULES = ("exponential", "cosine", "poly")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+# Top-level keys of a search file (tune_configs/*.yaml); `train --config` uses its `train:` section.
+SEARCH_FILE_KEYS = ("train", "search", "class_weights", "scheduler", "searcher", "samples", "resources",
+                    "max_concurrent")
 
 
 class ConfigError(ValueError):
@@ -28,7 +35,9 @@ class ConfigError(ValueError):
 
 @dataclass
 class AugmentConfig:
-    """The tutorial's training augmentation parameters (defaults as in the tutorial)."""
+    """Training augmentation. Letterbox sampling uses the tutorial's keys (defaults as in the tutorial): jitter,
+    scale, flip, hue, sat, val, crop. Patch sampling uses zoom, flip, vflip, rot90, the elastic deformation of the
+    U-Net paper, intensity changes, noise, blur and hue/sat/val (which do nothing on grey images)."""
 
     jitter: float = 0.3
     scale: tuple[float, float] = (0.25, 2.0)
@@ -37,6 +46,20 @@ class AugmentConfig:
     sat: float = 1.5
     val: float = 1.5
     crop: bool = False
+    # patch sampling only
+    zoom: tuple[float, float] = (1.0, 1.0)
+    vflip: float = 0.0
+    rot90: bool = False
+    elastic: float = 0.0
+    elastic_grid: int = 3
+    elastic_std: float = 10.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    gamma: tuple[float, float] = (1.0, 1.0)
+    noise: float = 0.0
+    noise_std: float = 8.0
+    blur: float = 0.0
+    blur_sigma: tuple[float, float] = (0.5, 1.5)
 
 
 @dataclass
@@ -51,26 +74,44 @@ class TrainConfig:
     plugins: list[str] = field(default_factory=list)
     # data
     data: str | None = None
-    input_size: tuple[int, int] = (128, 128)
+    input_size: tuple[int, int] = (128, 128)  # the network input: letterbox size, or the patch (crop) size
+    sampling: str = "letterbox"  # letterbox: whole images resized (the tutorial); patch: crops at native size
+    samples_per_epoch: int | None = None  # patch sampling: crops per epoch over all workers (None: dataset size)
+    class_aware: float = 0.0  # patch sampling: probability that a crop is centred on a pixel of a random class
+    validation: str = "letterbox"  # letterbox at input_size, or sliding windows at native resolution
+    val_window: tuple[int, int] | None = None  # sliding validation window (None: input_size)
+    val_overlap: float = 0.25
+    val_every: int = 1  # validate every K epochs (and always at the last one)
     num_classes: int | None = None
     label_mode: str | None = None
     threshold: int | None = None
     ignore_index: int | None = None
     val_fraction: float = 0.2
+    train_split: str = "train"  # a split name or a file listing names (e.g. a held-out part of train)
+    val_split: str = "val"
     skip_bad: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # recipe
     epochs: int = 20
     batch_size: int = 4
+    optimizer: str = "adam"
     lr: float = 1e-4
+    schedule: str = "exponential"  # exponential: lr * lr_decay^epoch (the tutorial); cosine / poly: per step
     lr_decay: float = 0.96
+    poly_power: float = 0.9
+    warmup_steps: int = 0  # linear warm-up from 0 over the first steps
+    min_lr_ratio: float = 0.0  # cosine / poly end at lr * min_lr_ratio
     weight_decay: float = 0.0
+    momentum: float = 0.9  # SGD only
+    bn_momentum: float | None = 0.1  # PyTorch's; null keeps the model's own (Keras' 0.01 in the ports)
     class_weights: list[float] | None = None
+    class_weight_exponent: float | None = None  # weights ~ class frequency^-a from the training labels
     loss: str = "ce"
     freeze_epochs: int = 0
     metric: str = "val_miou"
     mode: str = "max"
     patience: int = 10
+    min_steps: int = 500  # early stopping cannot fire before this many optimizer steps
     seed: int = 0
     # resources
     workers: int = 1
@@ -91,8 +132,16 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["input_size"] = list(self.input_size)
-        out["augment"]["scale"] = list(self.augment.scale)
+        if self.val_window is not None:
+            out["val_window"] = list(self.val_window)
+        for key in ("scale", "zoom", "gamma", "blur_sigma"):
+            out["augment"][key] = list(getattr(self.augment, key))
         return out
+
+    @property
+    def window(self) -> tuple[int, int]:
+        """The sliding-validation window."""
+        return self.val_window or self.input_size
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], *, where: str = "config") -> TrainConfig:
@@ -148,6 +197,9 @@ def _coerce(key: str, value: Any, type_name: str, where: str) -> Any:
             raise ConfigError(f"{where}: '{key}' must be {base}, got {value!r}")
         return float(value) if base == "float" else value
     if base.startswith("tuple[int, int]") or base.startswith("tuple[float, float]"):
+        if "int" in base and isinstance(value, (list, tuple)) and any(
+                isinstance(v, float) and not v.is_integer() for v in value):
+            raise ConfigError(f"{where}: '{key}' must be two integers, got {value!r}")
         elem = int if "int" in base else float
         if not isinstance(value, (list, tuple)) or len(value) != 2 or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
@@ -166,11 +218,19 @@ def _coerce(key: str, value: Any, type_name: str, where: str) -> Any:
 
 def _validate(obj: Any, where: str) -> None:
     if isinstance(obj, AugmentConfig):
-        lo, hi = obj.scale
-        if not 0 < lo <= hi:
-            raise ConfigError(f"{where}: 'scale' must be two numbers 0 < low <= high, got {list(obj.scale)}")
-        if not 0 <= obj.flip <= 1:
-            raise ConfigError(f"{where}: 'flip' is a probability in [0, 1], got {obj.flip}")
+        for key in ("scale", "zoom", "gamma", "blur_sigma"):
+            lo, hi = getattr(obj, key)
+            if not 0 < lo <= hi:
+                raise ConfigError(f"{where}: '{key}' must be two numbers 0 < low <= high, got "
+                                  f"{list(getattr(obj, key))}")
+        for key in ("flip", "vflip", "elastic", "noise", "blur"):
+            if not 0 <= getattr(obj, key) <= 1:
+                raise ConfigError(f"{where}: '{key}' is a probability in [0, 1], got {getattr(obj, key)}")
+        for key in ("brightness", "contrast"):
+            if not 0 <= getattr(obj, key) < 1:
+                raise ConfigError(f"{where}: '{key}' is a fraction in [0, 1), got {getattr(obj, key)}")
+        if obj.elastic_grid < 2 or obj.elastic_std < 0 or obj.noise_std < 0:
+            raise ConfigError(f"{where}: elastic_grid must be >= 2, elastic_std and noise_std >= 0")
         return
     c: TrainConfig = obj
     rules = [
@@ -182,6 +242,21 @@ def _validate(obj: Any, where: str) -> None:
         ("batch_size", c.batch_size >= 1, "an integer >= 1 (images per worker)"),
         ("lr", c.lr > 0, "a number > 0"),
         ("lr_decay", 0 < c.lr_decay <= 1, "a number in (0, 1]"),
+        ("sampling", c.sampling in SAMPLINGS, " or ".join(SAMPLINGS)),
+        ("validation", c.validation in VALIDATIONS, " or ".join(VALIDATIONS)),
+        ("schedule", c.schedule in SCHEDULES, ", ".join(SCHEDULES)),
+        ("optimizer", c.optimizer in OPTIMIZERS, ", ".join(OPTIMIZERS)),
+        ("samples_per_epoch", c.samples_per_epoch is None or c.samples_per_epoch >= 1, "an integer >= 1"),
+        ("class_aware", 0 <= c.class_aware <= 1, "a probability in [0, 1]"),
+        ("val_overlap", 0 <= c.val_overlap < 1, "a fraction from 0 to below 1"),
+        ("val_every", c.val_every >= 1, "an integer >= 1"),
+        ("val_window", c.val_window is None or all(s >= 8 for s in c.val_window), "two integers >= 8 (H W)"),
+        ("warmup_steps", c.warmup_steps >= 0, "an integer >= 0"),
+        ("min_steps", c.min_steps >= 0, "an integer >= 0"),
+        ("min_lr_ratio", 0 <= c.min_lr_ratio <= 1, "a number in [0, 1]"),
+        ("poly_power", c.poly_power > 0, "a number > 0"),
+        ("bn_momentum", c.bn_momentum is None or 0 < c.bn_momentum <= 1, "a number in (0, 1], or null"),
+        ("weight_decay", c.weight_decay >= 0, "a number >= 0"),
         ("workers", c.workers >= 0, "an integer >= 0 (0 = in-process debug mode)"),
         ("cpus_per_worker", c.cpus_per_worker >= 1, "an integer >= 1"),
         ("freeze_epochs", c.freeze_epochs >= 0, "an integer >= 0"),
@@ -196,6 +271,10 @@ def _validate(obj: Any, where: str) -> None:
     for key, ok, allowed in rules:
         if not ok:
             raise ConfigError(f"{where}: bad value for '{key}': {getattr(c, key)!r}; allowed: {allowed}")
+    if c.class_weights is not None and c.class_weight_exponent is not None:
+        raise ConfigError(f"{where}: give class_weights or class_weight_exponent, not both")
+    if c.class_weight_exponent is not None and not 0 <= c.class_weight_exponent <= 2:
+        raise ConfigError(f"{where}: 'class_weight_exponent' must be in [0, 2], got {c.class_weight_exponent}")
     if c.class_weights is not None and any(w < 0 for w in c.class_weights):
         raise ConfigError(f"{where}: 'class_weights' must be >= 0, got {c.class_weights}")
     if c.loader_workers is not None and c.loader_workers < 0:
@@ -223,6 +302,10 @@ FLAG_KEYS = {
     "encoder": "encoder", "data": "data", "input_size": "input_size", "batch_size": "batch_size",
     "epochs": "epochs", "lr": "lr", "lr_decay": "lr_decay", "class_weights": "class_weights", "loss": "loss",
     "freeze_epochs": "freeze_epochs", "metric": "metric", "mode": "mode", "seed": "seed", "workers": "workers",
+    "sampling": "sampling", "samples_per_epoch": "samples_per_epoch", "validation": "validation",
+    "val_every": "val_every", "schedule": "schedule", "optimizer": "optimizer", "warmup_steps": "warmup_steps",
+    "bn_momentum": "bn_momentum", "min_steps": "min_steps", "patience": "patience",
+    "train_split": "train_split", "val_split": "val_split",
     "skip_bad": "skip_bad", "wait_for_resources": "resource_wait_s", "storage": "storage", "name": "name",
     "address": "address",
 }

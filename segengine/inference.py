@@ -41,12 +41,12 @@ from segdata.meta import default_palette
 from segengine import checkpoint as ckpt
 from segengine import storage
 from segengine.metrics import MetricAccumulator
+from segengine.windows import sliding_probabilities
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 BATCH = 8  # letterboxed images or tiles per forward pass
 OVERLAY_ALPHA = 0.7  # the tutorial's Image.blend(original, colours, 0.7)
 EXPORT_TOLERANCE = 1e-4  # max abs logit difference allowed, times max(1, max |PyTorch logit|)
-PAD_GREY = 128  # what the letterbox pads images with; tiles that overhang the image get the same
 
 
 class InferenceError(RuntimeError):
@@ -78,6 +78,13 @@ class Predictor:
         self.palette = np.asarray(colors[: self.num_classes], np.uint8).reshape(self.num_classes, 3)
         self.multiple = int(getattr(getattr(model, "spec", None), "input_multiple", 1))
         self.transform = segdata.EvalTransform(self.input_size, self.mean, self.std)
+        self.native = segdata.NativeTransform(self.mean, self.std)
+        self.pad_value = segdata.normalised_grey(self.mean, self.std)
+        # how the recipe validated; checkpoints from before this key letterboxed
+        recorded = manifest.get("inference") or {}
+        self.inference = {"mode": recorded.get("mode", "letterbox"),
+                          "window": [int(v) for v in recorded.get("window", self.input_size)],
+                          "overlap": float(recorded.get("overlap", 0.25))}
 
     @classmethod
     def from_checkpoint(cls, path: str, plugin_refs: Sequence[str] | None = None) -> Predictor:
@@ -103,69 +110,35 @@ class Predictor:
         return out
 
     def _normalise(self, image: np.ndarray) -> np.ndarray:
-        mean = np.asarray(self.mean, np.float32)[:, None, None]
-        std = np.asarray(self.std, np.float32)[:, None, None]
-        return (image.transpose(2, 0, 1).astype(np.float32) - mean) / std
+        x, _, _ = self.native(self.channels(image))
+        return x
+
+    def uses_windows(self, tile: bool | None) -> bool:
+        """--tile / --no-tile, else what the checkpoint's recipe validated with."""
+        return self.inference["mode"] == "sliding" if tile is None else tile
 
     @torch.no_grad()
-    def tiled_probabilities(self, image: np.ndarray, overlap: float) -> np.ndarray:
-        """C x H x W class probabilities from input-size windows at the image's own resolution.
-
-        Windows step by (1 - overlap) of their size, the last one flush with the far edge; overlapping
-        softmax outputs are blended with weights that ramp down towards each window's border, so seams vanish.
-        Images smaller than a window in a direction are padded with grey 128 there (as the letterbox pads).
-        """
+    def tiled_probabilities(self, image: np.ndarray, overlap: float | None = None) -> np.ndarray:
+        """C x H x W class probabilities from sliding windows at the image's own resolution (`segengine.windows`;
+        the window is the one the recipe validated with, else the input size)."""
+        overlap = self.inference["overlap"] if overlap is None else overlap
         if not 0 <= overlap < 1:
             raise InferenceError(f"--overlap {overlap}: use a fraction from 0 (no overlap) to below 1, e.g. 0.25")
-        image = self.channels(image)
-        height, width = image.shape[:2]
-        th, tw = self.input_size
-        ph, pw = max(height, th), max(width, tw)
-        if (ph, pw) != (height, width):
-            canvas = np.full((ph, pw, image.shape[2]), PAD_GREY, np.uint8)
-            canvas[:height, :width] = image
-            image = canvas
-        x = self._normalise(image)
-        weight = _window_weights(th, tw, overlap)
-        probs = np.zeros((self.num_classes, ph, pw), np.float32)
-        total = np.zeros((ph, pw), np.float32)
-        windows = [(top, left) for top in _window_starts(ph, th, overlap) for left in _window_starts(pw, tw, overlap)]
-        for start in range(0, len(windows), BATCH):
-            chunk = windows[start:start + BATCH]
-            batch = torch.from_numpy(np.stack([x[:, t:t + th, s:s + tw] for t, s in chunk]))
-            out = torch.softmax(self.model(batch).float(), dim=1).numpy()
-            for p, (t, s) in zip(out, chunk, strict=True):
-                probs[:, t:t + th, s:s + tw] += p * weight
-                total[t:t + th, s:s + tw] += weight
-        return (probs / total)[:, :height, :width]
+        x = torch.from_numpy(self._normalise(image))
+        probs = sliding_probabilities(self.model, x, self.inference["window"], overlap, self.num_classes,
+                                      self.pad_value, batch=BATCH)
+        return probs.numpy()
 
-    def predict_mask(self, image: np.ndarray, *, tile: bool = False, overlap: float = 0.25) -> np.ndarray:
+    def scores(self, image: np.ndarray, *, tile: bool | None = None, overlap: float | None = None) -> np.ndarray:
+        """C x H x W scores at the image's original size (log-probabilities for windows, logits for letterbox)."""
+        if self.uses_windows(tile):
+            return np.log(np.maximum(self.tiled_probabilities(image, overlap), 1e-8))
+        return self.letterbox_logits([image])[0]
+
+    def predict_mask(self, image: np.ndarray, *, tile: bool | None = None, overlap: float | None = None
+                     ) -> np.ndarray:
         """H x W uint8 class ids at the image's original size."""
-        th, tw = self.input_size
-        if tile and (image.shape[0] > th or image.shape[1] > tw):
-            scores = self.tiled_probabilities(image, overlap)
-        else:
-            scores = self.letterbox_logits([image])[0]
-        return scores.argmax(axis=0).astype(np.uint8)
-
-
-def _window_starts(size: int, window: int, overlap: float) -> list[int]:
-    if size <= window:
-        return [0]
-    stride = max(1, int(round(window * (1 - overlap))))
-    starts = list(range(0, size - window, stride))
-    return starts + [size - window]
-
-
-def _window_weights(th: int, tw: int, overlap: float) -> np.ndarray:
-    """th x tw weights: 1 in the middle, a linear ramp over the overlapping border, never 0."""
-
-    def ramp(n: int) -> np.ndarray:
-        width = max(1, int(round(n * overlap)))
-        distance = np.minimum(np.arange(n), np.arange(n)[::-1]) + 1
-        return np.minimum(1.0, distance / (width + 1)).astype(np.float32)
-
-    return ramp(th)[:, None] * ramp(tw)[None, :]
+        return self.scores(image, tile=tile, overlap=overlap).argmax(axis=0).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -211,16 +184,19 @@ def _read_pair(sample, meta) -> tuple[np.ndarray, np.ndarray]:
     return image, label
 
 
-def evaluate_samples(predictor: Predictor, samples: Sequence, meta, progress: bool = False
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def evaluate_samples(predictor: Predictor, samples: Sequence, meta, progress: bool = False,
+                     tile: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(confusion matrix, f_score counts) of the samples at original resolution."""
     acc = MetricAccumulator(predictor.num_classes)
     samples = list(samples)
     bar = _progress(len(samples), "evaluate", enabled=progress)
+    windows = predictor.uses_windows(tile)
     for start in range(0, len(samples), BATCH):
         pairs = [_read_pair(s, meta) for s in samples[start:start + BATCH]]
-        logits = predictor.letterbox_logits([image for image, _ in pairs])
-        for lg, (_, label) in zip(logits, pairs, strict=True):
+        images = [image for image, _ in pairs]
+        scores = ([predictor.scores(image, tile=True) for image in images] if windows
+                  else predictor.letterbox_logits(images))
+        for lg, (_, label) in zip(scores, pairs, strict=True):
             acc.update(torch.from_numpy(lg[None]), torch.from_numpy(label[None].astype(np.int64)), 0.0)
         bar.update(len(pairs))
     bar.close()
@@ -228,7 +204,7 @@ def evaluate_samples(predictor: Predictor, samples: Sequence, meta, progress: bo
 
 
 def _evaluate_shard(state: dict[str, Any], manifest: dict[str, Any], plugin_sources: dict[str, str],
-                    samples: list, meta_dict: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+                    samples: list, meta_dict: dict[str, Any], tile: bool | None) -> tuple[np.ndarray, np.ndarray]:
     """A Ray task: rebuild the model from its weights and sum the confusion matrix of one shard of files."""
     import plugins
     import zoo
@@ -239,11 +215,12 @@ def _evaluate_shard(state: dict[str, Any], manifest: dict[str, Any], plugin_sour
     model = zoo.create_model(manifest["encoder"], manifest["num_classes"], in_channels=manifest["in_channels"],
                              **manifest.get("model_kwargs", {}))
     model.load_state_dict(state)
-    return evaluate_samples(Predictor(model, manifest), samples, segdata.DatasetMeta.from_dict(meta_dict))
+    return evaluate_samples(Predictor(model, manifest), samples, segdata.DatasetMeta.from_dict(meta_dict),
+                            tile=tile)
 
 
 def _evaluate_on_ray(predictor: Predictor, samples: list, meta, workers: int, address: str | None,
-                     plugin_refs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+                     plugin_refs: list[str], tile: bool | None) -> tuple[np.ndarray, np.ndarray]:
     """Shards of the split as Ray tasks (one CPU each), their confusion matrices summed on the driver."""
     import ray
 
@@ -258,7 +235,7 @@ def _evaluate_on_ray(predictor: Predictor, samples: list, meta, workers: int, ad
         state = ray.put({k: v.detach().cpu() for k, v in predictor.model.state_dict().items()})
         shards = [samples[i::workers] for i in range(workers) if samples[i::workers]]
         meta_dict = meta.to_dict()
-        pending = [task.remote(state, predictor.manifest, shipped, shard, meta_dict) for shard in shards]
+        pending = [task.remote(state, predictor.manifest, shipped, shard, meta_dict, tile) for shard in shards]
         bar = _progress(len(samples), f"evaluate ({len(shards)} Ray tasks)", enabled=True)
         sizes = {ref: len(shard) for ref, shard in zip(pending, shards, strict=True)}
         cm = np.zeros((predictor.num_classes,) * 2, np.int64)
@@ -290,8 +267,8 @@ class EvalResult:
 
 
 def evaluate(checkpoint_path: str, data: str, *, split: str = "val", workers: int = 1, out: str | None = None,
-             address: str | None = None, plugin_refs: Sequence[str] | None = None, verbose: bool = True
-             ) -> EvalResult:
+             address: str | None = None, plugin_refs: Sequence[str] | None = None, verbose: bool = True,
+             tile: bool | None = None) -> EvalResult:
     """Metrics of a checkpoint on a dataset split at original resolution; writes metrics.json,
     confusion_matrix.csv and per_class_iou.png into `out` (default `eval-<split>` next to the checkpoint)."""
     if workers < 1:
@@ -310,9 +287,9 @@ def evaluate(checkpoint_path: str, data: str, *, split: str = "val", workers: in
     if not samples:
         raise InferenceError(f"split {split!r} of {folder.root} is empty")
     if workers > 1:
-        cm, counts = _evaluate_on_ray(predictor, samples, meta, workers, address, list(plugin_refs or []))
+        cm, counts = _evaluate_on_ray(predictor, samples, meta, workers, address, list(plugin_refs or []), tile)
     else:
-        cm, counts = evaluate_samples(predictor, samples, meta, progress=verbose)
+        cm, counts = evaluate_samples(predictor, samples, meta, progress=verbose, tile=tile)
 
     acc = MetricAccumulator(predictor.num_classes)
     acc.cm += torch.from_numpy(np.asarray(cm, np.int64))
@@ -321,7 +298,9 @@ def evaluate(checkpoint_path: str, data: str, *, split: str = "val", workers: in
     scores.pop("loss", None)
     metrics = {
         "checkpoint": str(checkpoint_path), "data": folder.root, "split": split, "images": len(samples),
-        "resolution": "original", "input_size": list(predictor.input_size), "encoder": predictor.manifest["encoder"],
+        "resolution": "original", "input_size": list(predictor.input_size),
+        "inference": ({**predictor.inference, "mode": "sliding"} if predictor.uses_windows(tile)
+                      else {"mode": "letterbox"}), "encoder": predictor.manifest["encoder"],
         "class_names": predictor.class_names, **scores,
         "label_pixels": dict(zip(predictor.class_names, np.asarray(cm).sum(axis=1).tolist(), strict=True)),
         "predicted_pixels": dict(zip(predictor.class_names, np.asarray(cm).sum(axis=0).tolist(), strict=True)),
@@ -485,11 +464,12 @@ def _progress(total: int, desc: str, enabled: bool = True):
                 dynamic_ncols=True, leave=False)
 
 
-def predict(checkpoint_path: str, inputs: Sequence[str], out: str, *, tile: bool = False, overlap: float = 0.25,
+def predict(checkpoint_path: str, inputs: Sequence[str], out: str, *, tile: bool | None = None,
+            overlap: float | None = None,
             counts: bool = False, plugin_refs: Sequence[str] | None = None, verbose: bool = True) -> PredictResult:
     """Masks (original size), colour masks, overlays and cut-outs for every readable input; unreadable ones are
     reported and skipped."""
-    if not 0 <= overlap < 1:
+    if overlap is not None and not 0 <= overlap < 1:
         raise InferenceError(f"--overlap {overlap}: use a fraction from 0 (no overlap) to below 1, e.g. 0.25")
     predictor = Predictor.from_checkpoint(checkpoint_path, plugin_refs)
     paths, missing = expand_inputs(inputs)

@@ -56,7 +56,8 @@ def inspect_data(cfg: TrainConfig) -> tuple[segdata.DatasetMeta, dict[str, int]]
     folder = segdata.open_dataset(root, num_classes=cfg.num_classes, label_mode=cfg.label_mode,
                                   threshold=cfg.threshold, ignore_index=cfg.ignore_index,
                                   val_fraction=cfg.val_fraction)
-    counts = {split: len(segdata.validated_samples(folder, split, cfg.skip_bad)) for split in ("train", "val")}
+    counts = {key: len(segdata.validated_samples(folder, split, cfg.skip_bad))
+              for key, split in (("train", cfg.train_split), ("val", cfg.val_split))}
     return folder.meta, counts
 
 
@@ -95,7 +96,7 @@ def prepare(cfg: TrainConfig, *, resume: bool, overwrite: bool) -> PreparedRun:
         cfg = replace(cfg, name=default_name(cfg))
     plugins.autoload()
     plugins.load_plugins(cfg.plugins)
-    zoo.get_spec(cfg.encoder)  # an unknown encoder fails here, with suggestions, before Ray starts
+    check_sizes(cfg, zoo.get_spec(cfg.encoder))  # an unknown encoder fails here, with suggestions, before Ray starts
     meta, counts = inspect_data(cfg)
     if cfg.class_weights is not None and len(cfg.class_weights) != meta.num_classes:
         raise ConfigError(f"class_weights has {len(cfg.class_weights)} values but the dataset has "
@@ -103,6 +104,21 @@ def prepare(cfg: TrainConfig, *, resume: bool, overwrite: bool) -> PreparedRun:
     run_dir = storage.join(cfg.storage, cfg.name)
     guard_run_name(run_dir, cfg, resume=resume, overwrite=overwrite)
     return PreparedRun(cfg, run_dir, meta, counts)
+
+
+def check_sizes(cfg: TrainConfig, spec: zoo.EncoderSpec) -> None:
+    """The network input (and the sliding-validation window) must be multiples of the encoder's input multiple;
+    a worker would find out only after Ray started."""
+    m = spec.input_multiple
+    sizes = {"input_size": cfg.input_size}
+    if cfg.validation == "sliding":
+        sizes["val_window"] = cfg.window
+    for key, (h, w) in sizes.items():
+        if h % m or w % m:
+            down = [max(m, v // m * m) for v in (h, w)]
+            up = [-(-v // m) * m for v in (h, w)]
+            raise ConfigError(f"{key} {h}x{w} is not a multiple of {m} for encoder '{spec.name}'; use e.g. "
+                              f"{down[0]} {down[1]} or {up[0]} {up[1]}")
 
 
 def ship_plugins(refs: list[str]) -> dict[str, str]:
@@ -134,8 +150,15 @@ def print_plan(prep: PreparedRun, workers: int, use_gpu: bool) -> None:
     print(f"data       {cfg.data or 'synth'}: {prep.counts['train']} train / {prep.counts['val']} val, "
           f"{meta.num_classes} classes ({', '.join(meta.classes)}), {meta.in_channels} channel(s), "
           f"{meta.label_mode} labels")
-    print(f"model      {cfg.encoder} at {cfg.input_size[0]}x{cfg.input_size[1]}, loss {cfg.loss}, lr {cfg.lr:g} "
-          f"decay {cfg.lr_decay:g}, {cfg.epochs} epochs")
+    schedule = f"decay {cfg.lr_decay:g}/epoch" if cfg.schedule == "exponential" else cfg.schedule
+    warmup = f", warm-up {cfg.warmup_steps} steps" if cfg.warmup_steps else ""
+    sampling = (f"{cfg.samples_per_epoch or prep.counts['train']} crops of {cfg.input_size[0]}x{cfg.input_size[1]} "
+                "per epoch at native resolution" if cfg.sampling == "patch"
+                else f"images letterboxed to {cfg.input_size[0]}x{cfg.input_size[1]}")
+    validation = (f"sliding {cfg.window[0]}x{cfg.window[1]} windows" if cfg.validation == "sliding"
+                  else "letterbox")
+    print(f"model      {cfg.encoder}, {sampling}; validation {validation} every {cfg.val_every} epoch(s)")
+    print(f"recipe     {cfg.optimizer} lr {cfg.lr:g} {schedule}{warmup}, loss {cfg.loss}, {cfg.epochs} epochs")
     print(f"workers    {mode}, {cfg.cpus_per_worker} CPU(s) each{', GPU' if use_gpu else ''}; batch "
           f"{cfg.batch_size} per worker = {cfg.batch_size * max(workers, 1)} global", flush=True)
 

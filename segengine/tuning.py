@@ -19,19 +19,17 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
 import yaml
 
 import segdata
 from segengine import checkpoint, storage
-from segengine.config import ConfigError, TrainConfig, load_yaml, reject_unknown_keys
+from segengine.config import SEARCH_FILE_KEYS, ConfigError, TrainConfig, load_yaml, reject_unknown_keys
 
-TOP_KEYS = ["train", "search", "class_weights", "scheduler", "searcher", "samples", "resources", "max_concurrent"]
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "grid", "randint")
 SEARCHERS = ("optuna", "random", "hyperopt")
 SCHEDULERS = ("asha", "fifo")
-EXPONENT_KEY = "class_weight_exponent"
-WEIGHT_PREFIX = "class_weight_"
+EXPONENT_KEY = "class_weight_exponent"  # a training key: each trial's worker measures the frequencies itself
+WEIGHT_PREFIX = "class_weight_"  # + class index: one sampled per-class weight
 
 
 @dataclass
@@ -62,7 +60,7 @@ def _check_range(where: str, key: str, dist: str, args: Any) -> None:
 
 def parse_settings(raw: dict[str, Any], where: str) -> TuneSettings:
     """Validate a search config completely before anything starts; errors name the key."""
-    reject_unknown_keys(raw, TOP_KEYS, where)
+    reject_unknown_keys(raw, list(SEARCH_FILE_KEYS), where)
     train = TrainConfig.from_dict(raw.get("train") or {}, where=f"{where}: train")
     fields = set(train.to_dict())
     search = raw.get("search") or {}
@@ -80,6 +78,9 @@ def parse_settings(raw: dict[str, Any], where: str) -> TuneSettings:
     reject_unknown_keys(cw, ["per_class", "inverse_frequency_exponent"], f"{where}: class_weights")
     for name, rng in (cw.get("per_class") or {}).items():
         _check_range(where, f"class_weights.per_class.{name}", "uniform", rng)
+    if "inverse_frequency_exponent" in cw and (cw.get("per_class") or train.class_weights is not None):
+        raise ConfigError(f"{where}: class_weights.inverse_frequency_exponent derives all class weights; drop "
+                          "per_class and train.class_weights, or the exponent")
     if "inverse_frequency_exponent" in cw:
         _check_range(where, "class_weights.inverse_frequency_exponent", "uniform", cw["inverse_frequency_exponent"])
     sched = dict(raw.get("scheduler") or {"type": "asha"})
@@ -124,14 +125,13 @@ def load_settings(path: str | None, overrides: dict[str, Any], extra: dict[str, 
 # ---------------------------------------------------------------- trial side
 
 
+def _is_weight_key(key: str) -> bool:
+    return key.startswith(WEIGHT_PREFIX) and key[len(WEIGHT_PREFIX):].isdigit()
+
+
 def trial_weights(config: dict[str, Any], num_classes: int) -> list[float] | None:
-    """Class weights of one trial from its sampled per-class weights or inverse-frequency exponent."""
-    if EXPONENT_KEY in config:
-        freq = np.maximum(np.asarray(config["_class_freq"], dtype=np.float64), 1e-6)
-        w = freq ** -float(config[EXPONENT_KEY])
-        return (w / w.mean()).round(6).tolist()
-    explicit = {int(k[len(WEIGHT_PREFIX):]): float(v) for k, v in config.items()
-                if k.startswith(WEIGHT_PREFIX) and k[len(WEIGHT_PREFIX):].isdigit()}
+    """Class weights of one trial from its sampled per-class weights (None when none are searched)."""
+    explicit = {int(k[len(WEIGHT_PREFIX):]): float(v) for k, v in config.items() if _is_weight_key(k)}
     if not explicit:
         return None
     return [explicit.get(i, 1.0) for i in range(num_classes)]
@@ -139,7 +139,7 @@ def trial_weights(config: dict[str, Any], num_classes: int) -> list[float] | Non
 
 def trial_train_config(config: dict[str, Any]) -> TrainConfig:
     """A trial's full TrainConfig: the base config with its sampled values substituted."""
-    tc = {k: v for k, v in config.items() if not k.startswith("_") and not k.startswith(WEIGHT_PREFIX)}
+    tc = {k: v for k, v in config.items() if not k.startswith("_") and not _is_weight_key(k)}
     weights = trial_weights(config, config["_num_classes"])
     if weights is not None:
         tc["class_weights"] = weights
@@ -310,12 +310,8 @@ def tune_run(settings: TuneSettings, *, name: str | None, storage_root: str, add
                  "scheduler": settings.scheduler, "searcher": settings.searcher, "samples": settings.samples},
                 sort_keys=False).encode())
         space = {**cfg.to_dict(), **_space(settings), **_class_weight_space(settings, meta)}
-        class_freq = segdata.class_frequencies(
-            segdata.validated_samples(segdata.open_dataset(segdata.resolve_data(cfg.data)), "train", cfg.skip_bad),
-            meta).tolist() if EXPONENT_KEY in space else None
         space.update({"_trials_root": storage.join(tune_dir, "trials"), "_plugin_sources": ship_plugins(cfg.plugins),
-                      "_use_gpu": use_gpu, "_num_classes": meta.num_classes,
-                      "_class_freq": class_freq})
+                      "_use_gpu": use_gpu, "_num_classes": meta.num_classes})
         max_epochs = min(settings.scheduler.get("max_epochs", cfg.epochs), cfg.epochs)
         if settings.scheduler.get("type", "asha") == "asha":
             grace = settings.scheduler.get("grace_period", 1)
@@ -325,7 +321,9 @@ def tune_run(settings: TuneSettings, *, name: str | None, storage_root: str, add
                                       reduction_factor=settings.scheduler.get("reduction_factor", 3))
         else:
             scheduler = FIFOScheduler()
-        searched = [k for k in space if k in settings.search or k.startswith(WEIGHT_PREFIX)]
+        exponent_searched = "inverse_frequency_exponent" in settings.class_weights
+        searched = [k for k in space if k in settings.search or _is_weight_key(k)
+                    or (k == EXPONENT_KEY and exponent_searched)]
         print(f"search     {tune_dir}")
         print(f"trials     {settings.samples} sample(s) of {', '.join(searched) or 'nothing'}; "
               f"{settings.scheduler.get('type', 'asha')} scheduler, {settings.searcher.get('type', 'optuna')} "

@@ -11,6 +11,7 @@ import functools
 import math
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ from segengine.config import TrainConfig
 from segengine.losses import SegmentationLoss
 from segengine.metrics import MetricAccumulator
 from segengine.reporting import Reporter, make_reporter
+from segengine.windows import sliding_probabilities
 
 
 class TrainingError(RuntimeError):
@@ -41,18 +43,78 @@ def _is_better(value: float, best: float | None, mode: str) -> bool:
     return best is None or (value > best if mode == "max" else value < best)
 
 
-def _lr_lambdas(cfg: TrainConfig):
-    """Per-epoch LR factors: lr0 * decay^epoch; the encoder group is held at 0 during freeze epochs."""
-    decay, freeze = cfg.lr_decay, cfg.freeze_epochs
-    return [lambda e: 0.0 if e < freeze else decay ** e, lambda e: decay ** e]
+def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """Learning-rate factor per optimizer step: linear warm-up, then the tutorial's lr_decay^epoch (constant
+    within an epoch), a cosine or a polynomial decay to min_lr_ratio over the whole run."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+        if cfg.schedule == "exponential":
+            return warm * cfg.lr_decay ** (step // steps_per_epoch)
+        t = min(1.0, step / total)
+        shape = 0.5 * (1 + math.cos(math.pi * t)) if cfg.schedule == "cosine" else (1 - t) ** cfg.poly_power
+        return warm * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape)
+
+    return factor
 
 
-def build_optimizer(model: zoo.SegmentationModel, cfg: TrainConfig):
+def build_optimizer(model: zoo.SegmentationModel, cfg: TrainConfig, steps_per_epoch: int):
+    """Two parameter groups (encoder, rest) so freeze epochs can hold the encoder at lr 0; a per-step schedule."""
     enc = list(model.encoder.parameters())
     enc_ids = {id(p) for p in enc}
     rest = [p for p in model.parameters() if id(p) not in enc_ids]
-    opt = torch.optim.Adam([{"params": enc}, {"params": rest}], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambdas(cfg))
+    groups = [{"params": enc}, {"params": rest}]
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+                              weight_decay=cfg.weight_decay)
+    else:
+        kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        opt = kind(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    factor = lr_factor(cfg, steps_per_epoch)
+    frozen_steps = cfg.freeze_epochs * steps_per_epoch
+    lambdas = [lambda step: 0.0 if step < frozen_steps else factor(step), factor]
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambdas)
+
+
+def set_bn_momentum(model: torch.nn.Module, momentum: float | None) -> None:
+    """One BatchNorm momentum for the whole model (None keeps each layer's own, e.g. Keras' 0.01 in the ports).
+
+    Keras' 0.01 moves the running statistics less than half way in 50 steps: on a small set an eval-mode model
+    then predicts from statistics of its random initialisation, which is why it is not the default."""
+    if momentum is None:
+        return
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = momentum
+
+
+def inverse_frequency_weights(frequencies: np.ndarray, exponent: float) -> list[float]:
+    """w_c ~ freq_c^-exponent, mean 1 (classes absent from the labels get the largest weight seen)."""
+    freq = np.asarray(frequencies, np.float64)
+    present = freq > 0
+    w = np.ones_like(freq)
+    w[present] = freq[present] ** -exponent
+    if (~present).any() and present.any():
+        w[~present] = w[present].max()
+    return (w / w.mean()).round(6).tolist()
+
+
+def make_train_set(cfg: TrainConfig, samples: list, meta: segdata.DatasetMeta, norm: zoo.Normalization
+                   ) -> torch.utils.data.Dataset:
+    """The recipe's training set: patches at native resolution, or the tutorial's letterboxed whole images."""
+    a = cfg.augment
+    if cfg.sampling == "patch":
+        transform = segdata.PatchTransform(
+            cfg.input_size, norm.mean, norm.std, num_classes=meta.num_classes, zoom=a.zoom, flip=a.flip,
+            vflip=a.vflip, rot90=a.rot90, elastic=a.elastic, elastic_grid=a.elastic_grid, elastic_std=a.elastic_std,
+            brightness=a.brightness, contrast=a.contrast, gamma=a.gamma, noise=a.noise, noise_std=a.noise_std,
+            blur=a.blur, blur_sigma=a.blur_sigma, hue=a.hue, sat=a.sat, val=a.val, class_aware=cfg.class_aware)
+        return segdata.PatchDataset(samples, meta, transform, length=cfg.samples_per_epoch or len(samples),
+                                    seed=cfg.seed)
+    transform = segdata.TrainTransform(cfg.input_size, norm.mean, norm.std, jitter=a.jitter, scale=a.scale,
+                                       flip=a.flip, hue=a.hue, sat=a.sat, val=a.val, crop=a.crop)
+    return segdata.SegmentationDataset(samples, meta, transform, seed=cfg.seed, train=True)
 
 
 def _loader_workers(cfg: TrainConfig) -> int:
@@ -89,6 +151,8 @@ def manifest_for(cfg: TrainConfig, meta: segdata.DatasetMeta, model: zoo.Segment
         "label_mode": meta.label_mode, "colors": [list(c) for c in meta.colors], "dataset": meta.to_dict(),
         "plugins": list(cfg.plugins), "model_kwargs": dict(model.model_kwargs), "config": redact(cfg.to_dict()),
         "epoch": epoch, "metrics": metrics,
+        "inference": ({"mode": "sliding", "window": list(cfg.window), "overlap": cfg.val_overlap}
+                      if cfg.validation == "sliding" else {"mode": "letterbox"}),
         "versions": {d: version(d) for d in ("unet-zoo", "torch", "ray", "timm", "segmentation-models-pytorch")},
     }
 
@@ -128,38 +192,46 @@ class Trainer:
                      "ignore_index": cfg.ignore_index, "val_fraction": cfg.val_fraction}
         folder = segdata.open_dataset(root, **overrides)
         self.meta = folder.meta
-        train_samples = segdata.validated_samples(folder, "train", cfg.skip_bad)
-        val_samples = segdata.validated_samples(folder, "val", cfg.skip_bad)
+        train_samples = segdata.validated_samples(folder, cfg.train_split, cfg.skip_bad)
+        val_samples = segdata.validated_samples(folder, cfg.val_split, cfg.skip_bad)
 
         model = zoo.create_model(cfg.encoder, self.meta.num_classes, in_channels=self.meta.in_channels,
                                  weights=cfg.weights, **cfg.encoder_kwargs)
+        set_bn_momentum(model, cfg.bn_momentum)
         self.norm = model.spec.normalization.for_channels(self.meta.in_channels)
-        a = cfg.augment
-        train_tf = segdata.TrainTransform(cfg.input_size, self.norm.mean, self.norm.std, jitter=a.jitter,
-                                          scale=a.scale, flip=a.flip, hue=a.hue, sat=a.sat, val=a.val, crop=a.crop)
-        val_tf = segdata.EvalTransform(cfg.input_size, self.norm.mean, self.norm.std)
-        self.train_set = segdata.SegmentationDataset(train_samples, self.meta, train_tf, seed=cfg.seed, train=True)
-        val_set = segdata.SegmentationDataset(val_samples, self.meta, val_tf, seed=cfg.seed, train=False)
+        self.train_set = make_train_set(cfg, train_samples, self.meta, self.norm)
         if len(self.train_set) < cfg.batch_size * self.world:
             raise TrainingError(
-                f"{root}: {len(self.train_set)} training images cannot fill one batch of {cfg.batch_size} on each "
-                f"of {self.world} workers; lower --batch-size or --workers")
+                f"{root}: {len(self.train_set)} training {'crops' if cfg.sampling == 'patch' else 'images'} "
+                f"cannot fill one batch of {cfg.batch_size} on each of {self.world} workers; lower --batch-size "
+                f"or --workers{', or raise samples_per_epoch' if cfg.sampling == 'patch' else ''}")
         self.sampler = DistributedSampler(self.train_set, num_replicas=self.world, rank=self.rank, shuffle=True,
                                           seed=cfg.seed, drop_last=True)
         nw = _loader_workers(cfg)
         self.train_loader = DataLoader(self.train_set, batch_size=cfg.batch_size, sampler=self.sampler,
                                        drop_last=True, num_workers=nw,  # not persistent: set_epoch must reach them
                                        pin_memory=self.use_gpu)
+        self.steps_per_epoch = len(self.train_loader)
+        sliding = cfg.validation == "sliding"
+        val_tf = (segdata.NativeTransform(self.norm.mean, self.norm.std) if sliding
+                  else segdata.EvalTransform(cfg.input_size, self.norm.mean, self.norm.std))
+        val_set = segdata.SegmentationDataset(val_samples, self.meta, val_tf, seed=cfg.seed, train=False)
         shard = torch.utils.data.Subset(val_set, _val_shard(len(val_set), self.rank, self.world))
-        self.val_loader = DataLoader(shard, batch_size=cfg.batch_size, num_workers=nw)
+        # native sizes may differ between images: one image per batch, its windows batched instead
+        self.val_loader = DataLoader(shard, batch_size=1 if sliding else cfg.batch_size, num_workers=nw)
+        self.pad_value = segdata.normalised_grey(self.norm.mean, self.norm.std)
 
         if cfg.sync_bn and self.world > 1:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(self.device)
         if self.use_gpu and cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer, self.scheduler = build_optimizer(self.model, cfg)
-        self.loss_fn = SegmentationLoss(cfg.loss, self.meta.num_classes, cfg.class_weights).to(self.device)
+        self.optimizer, self.scheduler = build_optimizer(self.model, cfg, self.steps_per_epoch)
+        self.class_weights = cfg.class_weights
+        if cfg.class_weight_exponent is not None:
+            self.class_weights = inverse_frequency_weights(
+                segdata.class_frequencies(train_samples, self.meta), cfg.class_weight_exponent)
+        self.loss_fn = SegmentationLoss(cfg.loss, self.meta.num_classes, self.class_weights).to(self.device)
         self.amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) \
             if self.use_gpu and cfg.amp else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
@@ -212,6 +284,7 @@ class Trainer:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            self.scheduler.step()
             total += loss.item()
             batches += 1
             images += x.shape[0]
@@ -225,10 +298,20 @@ class Trainer:
         for x, y in self.val_loader:
             x, y = x.to(self.device), y.to(self.device)
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                logits = self.model(x)
+                if self.cfg.validation == "sliding":  # log-probabilities: CE of them is the blended NLL
+                    probs = sliding_probabilities(self._forward_eval, x[0], self.cfg.window, self.cfg.val_overlap,
+                                                  self.meta.num_classes, self.pad_value)
+                    logits = torch.log(probs.clamp_min(1e-8))[None]
+                else:
+                    logits = self.model(x)
             acc.update(logits, y, self.loss_fn(logits, y))
         acc.all_reduce()
         return acc.compute(list(self.meta.classes))
+
+    def _forward_eval(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_gpu and self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x)
 
     def fit(self) -> None:
         cfg = self.cfg
@@ -238,22 +321,28 @@ class Trainer:
         if self.artifacts is not None:
             self.artifacts.write_workers(places)
         reported = False
+        scores: dict[str, Any] | None = None
         for epoch in range(self.start_epoch, cfg.epochs):
-            if self.stale >= cfg.patience:
+            if self._should_stop(epoch):
                 break
             reported = True
             epoch_start = time.perf_counter()
             lr = self.scheduler.get_last_lr()[1]
             train_loss, images, train_time = self._train_epoch(epoch)
-            scores = self._validate()
-            self.scheduler.step()
+            validate = scores is None or (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs
+            val_start = time.perf_counter()
+            if validate:  # between validations the last scores are carried (validated = 0 in the history)
+                scores = self._validate()
             metrics = self._epoch_metrics(epoch, lr, train_loss, images, train_time, scores, epoch_start)
+            metrics["validated"] = int(validate)
+            metrics["val_time_s"] = time.perf_counter() - val_start if validate else 0.0
             value = metrics.get(cfg.metric, float("nan"))
-            if _is_better(value, self.best, cfg.mode):
+            if validate and _is_better(value, self.best, cfg.mode):
                 self.best, self.stale = float(value), 0
             else:
                 self.stale += 1
             metrics["best_" + cfg.metric] = self.best if self.best is not None else float("nan")
+            metrics["steps"] = (epoch + 1) * self.steps_per_epoch
             self.history.append(metrics)
             state = manifest = None
             if self.rank == 0:
@@ -263,10 +352,15 @@ class Trainer:
                 manifest = manifest_for(cfg, self.meta, self.model, self.norm, epoch, metrics)
             self.reporter.report(metrics, state, manifest, epoch + 1,
                                  functools.partial(self._epoch_stored, metrics, epoch, scores))
-            if self.stale >= cfg.patience and self.rank == 0 and self.verbose:
-                print(f"early stop: {cfg.metric} did not improve for {cfg.patience} epochs", flush=True)
+            if self._should_stop(epoch + 1) and self.rank == 0 and self.verbose:
+                print(f"early stop: {cfg.metric} did not improve for {self.stale} epochs "
+                      f"({metrics['steps']} steps >= min_steps {cfg.min_steps})", flush=True)
         if not reported and self.history:  # resumed after the end: repeat the last metrics for Tune/Train
             self.reporter.report(self.history[-1], None, None, int(self.history[-1]["epoch"]), lambda _: None)
+
+    def _should_stop(self, epochs_done: int) -> bool:
+        """Early stopping: `patience` epochs without improvement, never before `min_steps` optimizer steps."""
+        return self.stale >= self.cfg.patience and epochs_done * self.steps_per_epoch >= self.cfg.min_steps
 
     def _epoch_stored(self, metrics: dict[str, Any], epoch: int, scores: dict, path: str | None) -> None:
         """The run folder shows an epoch once its checkpoint is stored, and before Tune may end the trial."""

@@ -1,19 +1,26 @@
-"""The training recipe's pieces: the LR schedule with an encoder freeze, and losses that skip ignored pixels."""
+"""The training recipe's pieces: LR schedules (warm-up, cosine, poly, the tutorial's decay with an encoder freeze),
+optimizers, BatchNorm momentum, class weights, early stopping after min_steps, losses that skip ignored pixels, and
+recipes that are both a search file and a training config."""
 
+import math
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+import yaml
 
 import zoo
 from segdata import IGNORE
 from segengine.config import TrainConfig
 from segengine.losses import SegmentationLoss
-from segengine.worker import build_optimizer
+from segengine.worker import build_optimizer, inverse_frequency_weights, set_bn_momentum
 
 
 def test_freeze_holds_the_encoder_lr_at_zero_then_follows_the_decay():
     model = zoo.create_model("mini", 2, in_channels=1)
     cfg = TrainConfig(lr=1e-3, lr_decay=0.5, freeze_epochs=2)
-    opt, sched = build_optimizer(model, cfg)
+    opt, sched = build_optimizer(model, cfg, steps_per_epoch=1)
     seen = []
     for _ in range(4):
         seen.append([g["lr"] for g in opt.param_groups])
@@ -42,3 +49,82 @@ def test_losses_ignore_the_ignore_label(name):
 def test_class_weights_must_match_the_classes():
     with pytest.raises(ValueError, match="3 values for 2 classes"):
         SegmentationLoss("ce", 2, [1.0, 1.0, 1.0])
+
+
+def _lrs(cfg: TrainConfig, steps_per_epoch: int) -> list[float]:
+    model = zoo.create_model("mini", 2, in_channels=1)
+    opt, sched = build_optimizer(model, cfg, steps_per_epoch)
+    seen = []
+    for _ in range(cfg.epochs * steps_per_epoch):
+        seen.append(opt.param_groups[1]["lr"])
+        opt.step()
+        sched.step()
+    return seen
+
+
+def test_warmup_then_cosine_and_poly_end_at_the_floor():
+    cosine = _lrs(TrainConfig(lr=1e-2, epochs=4, schedule="cosine", warmup_steps=5, min_lr_ratio=0.1), 10)
+    assert cosine[0] == pytest.approx(1e-2 / 5)  # warm-up factor 1/5 at the first step
+    assert cosine[4] == pytest.approx(1e-2 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 4 / 40))), rel=1e-6)
+    assert max(cosine) <= 1e-2 and cosine[-1] == pytest.approx(1e-3, rel=0.05)
+    assert all(a >= b for a, b in zip(cosine[5:], cosine[6:], strict=False))  # falls after the warm-up
+    poly = _lrs(TrainConfig(lr=1e-2, epochs=2, schedule="poly", poly_power=1.0), 10)
+    assert poly[10] == pytest.approx(5e-3) and poly[-1] == pytest.approx(5e-4)
+    exponential = _lrs(TrainConfig(lr=1e-2, epochs=3, lr_decay=0.5), 4)  # the tutorial: constant within an epoch
+    assert exponential == [1e-2] * 4 + [5e-3] * 4 + [2.5e-3] * 4
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_optimizers(name):
+    model = zoo.create_model("mini", 2, in_channels=1)
+    opt, _ = build_optimizer(model, TrainConfig(optimizer=name, weight_decay=1e-4), 1)
+    expected = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[name]
+    assert type(opt) is expected and opt.param_groups[0]["weight_decay"] == 1e-4
+
+
+def test_bn_momentum_replaces_the_keras_default():
+    model = zoo.create_model("mobilenet", 2, in_channels=1)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert {m.momentum for m in bns} == {0.01}  # the Keras-faithful port
+    set_bn_momentum(model, 0.1)
+    assert {m.momentum for m in bns} == {0.1}
+    set_bn_momentum(model, None)  # null keeps what is there
+    assert {m.momentum for m in bns} == {0.1}
+
+
+def test_inverse_frequency_weights_have_mean_one():
+    w = inverse_frequency_weights(np.array([0.78, 0.22]), 1.0)
+    assert np.mean(w) == pytest.approx(1.0) and w[1] / w[0] == pytest.approx(0.78 / 0.22, rel=1e-4)
+    assert inverse_frequency_weights(np.array([0.5, 0.5, 0.0]), 0.5)[2] == pytest.approx(1.0)
+
+
+def test_early_stopping_waits_for_min_steps(tmp_path):
+    """patience 1 with a learning rate of ~0 (nothing improves): min_steps holds the run for 6 steps."""
+    from engine_helpers import tiny_config
+
+    from segengine.reporting import make_reporter
+    from segengine.worker import Trainer
+
+    def epochs_run(min_steps: int) -> int:
+        cfg = tiny_config(storage=str(tmp_path), name=f"m{min_steps}", workers=0, epochs=8, lr=1e-12, patience=1,
+                          min_steps=min_steps, data="synth:seed=0,n_train=8,n_val=2,size=32", input_size=(32, 32),
+                          batch_size=4)
+        reporter = make_reporter("local", str(tmp_path / cfg.name), 1, cfg.metric, cfg.mode)
+        trainer = Trainer(cfg, reporter, verbose=False)
+        assert trainer.steps_per_epoch == 2
+        trainer.fit()
+        return len(trainer.history)
+
+    assert epochs_run(0) == 2  # the first epoch sets the best, the second does not improve: stop
+    assert epochs_run(12) == 6  # 6 epochs x 2 steps before early stopping may fire
+
+
+def test_train_config_reads_the_train_section_of_a_search_file():
+    from launch import build_parser
+    from segengine.commands import train_config
+
+    args = build_parser().parse_args(["train", "--config", "tune_configs/isbi.yaml", "--epochs", "3"])
+    cfg = train_config(args)
+    recipe = yaml.safe_load(Path("tune_configs/isbi.yaml").read_text())["train"]
+    assert cfg.encoder == recipe["encoder"] and cfg.sampling == "patch" and cfg.validation == "sliding"
+    assert cfg.augment.elastic == recipe["augment"]["elastic"] and cfg.epochs == 3

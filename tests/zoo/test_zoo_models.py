@@ -80,7 +80,7 @@ def test_mini_passes_the_kit():
     check_encoder("mini")  # default sizes: 64x64 and 64x68
 
 
-@pytest.mark.parametrize("name", ["mobilenet", "resnet50", "vgg", "vgg16_bn"])
+@pytest.mark.parametrize("name", ["mobilenet", "unet", "resnet50", "vgg", "vgg16_bn"])
 def test_builtins_pass_the_kit(name):
     check_encoder(name, sizes=SMALL)
 

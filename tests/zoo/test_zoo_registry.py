@@ -37,7 +37,7 @@ class _Features(torch.nn.Module):
 
 def test_builtins_are_listed_with_exact_specs():
     names = zoo.list_encoders()
-    assert {"mini", "mobilenet", "resnet50", "vgg", "vgg16_bn"} <= set(names)
+    assert {"mini", "mobilenet", "unet", "resnet50", "vgg", "vgg16_bn"} <= set(names)
     assert names == sorted(names)
     mini, mobilenet = zoo.get_spec("mini"), zoo.get_spec("mobilenet")
     assert (mini.channels, mini.reductions, mini.input_multiple) == ((32, 64, 128), (1, 2, 4), 4)
@@ -47,6 +47,8 @@ def test_builtins_are_listed_with_exact_specs():
     assert mini.normalization == mobilenet.normalization == TUTORIAL
     assert zoo.get_spec("resnet50").normalization == IMAGENET
     assert mobilenet.origin == "tutorial keras mobilenet_unet"
+    unet = zoo.get_spec("unet")  # Ronneberger et al.: full-resolution skip, 4 pools, BN
+    assert (unet.channels, unet.reductions, unet.input_multiple) == ((32, 64, 128, 256, 512), (1, 2, 4, 8, 16), 16)
 
 
 def test_patterns_and_lazy_families():

@@ -1,0 +1,63 @@
+"""Sliding-window inference at native resolution: one implementation for training validation, `evaluate` and
+`predict` (MMSegmentation's `slide` mode, nnU-Net's blended tiles).
+
+Windows of the training crop size step by (1 - overlap) of their size, the last one flush with the far edge;
+their softmax outputs are blended with weights that ramp down towards each window's border, so seams vanish. An
+image smaller than a window is padded with normalised grey 128 (as the letterbox pads) and the padding is cut off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+WINDOW_BATCH = 8  # windows per forward pass
+
+
+def window_starts(size: int, window: int, overlap: float) -> list[int]:
+    """Top-left offsets along one axis: stride window * (1 - overlap), the last window ending at the edge."""
+    if size <= window:
+        return [0]
+    stride = max(1, int(round(window * (1 - overlap))))
+    return list(range(0, size - window, stride)) + [size - window]
+
+
+def window_weights(height: int, width: int, overlap: float) -> torch.Tensor:
+    """height x width blending weights: 1 in the middle, a linear ramp over the overlapping border, never 0."""
+
+    def ramp(n: int) -> torch.Tensor:
+        ramp_width = max(1, int(round(n * overlap)))
+        distance = torch.minimum(torch.arange(n), torch.arange(n).flip(0)) + 1
+        return torch.clamp(distance / (ramp_width + 1), max=1.0).float()
+
+    return ramp(height)[:, None] * ramp(width)[None, :]
+
+
+@torch.no_grad()
+def sliding_probabilities(forward: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor,
+                          window: Sequence[int], overlap: float, num_classes: int,
+                          pad_value: Sequence[float], batch: int = WINDOW_BATCH) -> torch.Tensor:
+    """num_classes x H x W probabilities of a normalised C x H x W image (on the device `forward` runs on)."""
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap {overlap}: use a fraction from 0 (no overlap) to below 1, e.g. 0.25")
+    channels, height, width = image.shape
+    wh, ww = int(window[0]), int(window[1])
+    ph, pw = max(height, wh), max(width, ww)
+    if (ph, pw) != (height, width):
+        canvas = torch.tensor(list(pad_value), dtype=image.dtype, device=image.device)[:, None, None]
+        canvas = canvas.expand(channels, ph, pw).clone()
+        canvas[:, :height, :width] = image
+        image = canvas
+    weight = window_weights(wh, ww, overlap).to(image.device)
+    probs = torch.zeros((num_classes, ph, pw), dtype=torch.float32, device=image.device)
+    total = torch.zeros((ph, pw), dtype=torch.float32, device=image.device)
+    spots = [(t, s) for t in window_starts(ph, wh, overlap) for s in window_starts(pw, ww, overlap)]
+    for start in range(0, len(spots), batch):
+        chunk = spots[start:start + batch]
+        crops = torch.stack([image[:, t:t + wh, s:s + ww] for t, s in chunk])
+        out = torch.softmax(forward(crops).float(), dim=1)
+        for p, (t, s) in zip(out, chunk, strict=True):
+            probs[:, t:t + wh, s:s + ww] += p * weight
+            total[t:t + wh, s:s + ww] += weight
+    return (probs / total)[:, :height, :width]
