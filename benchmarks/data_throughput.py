@@ -169,10 +169,12 @@ def recipe_pipelines(repeats: int) -> None:
     """Crops/s of each patch recipe's loader (one core) against the crops/s one training worker uses."""
     import yaml
 
+    import plugins
     import zoo
     from segengine.config import TrainConfig
     from segengine.worker import make_train_set
 
+    plugins.autoload()  # timm-* encoders
     print("\npatch recipes: loader crops/s on one core vs a training worker's consumption (batch, 1 thread)")
     print(f"{'recipe':<12} {'crop':>9} {'ms/crop':>8} {'crops/s':>8} {'worker uses':>12} {'share':>7}")
     for recipe, root in RECIPES.items():
