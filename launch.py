@@ -35,7 +35,8 @@ def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _add_training_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=None, metavar="FILE.yaml", help="config file; flags override it")
+    p.add_argument("--config", default=None, metavar="FILE.yaml",
+                   help="config file, or a shipped recipe by name (isbi, camvid, tutorial, default); flags override it")
     p.add_argument("--encoder", default=None, help="encoder name (see `launch.py encoders`)")
     p.add_argument("--data", default=None, metavar="DIR_OR_URI",
                    help="dataset folder or URI; default: the built-in synthetic membranes (synth)")
@@ -71,10 +72,19 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     _add_cluster_flags(p)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("unet-zoo")
+    except PackageNotFoundError:  # a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="launch.py",
         description="UNet segmentation model zoo, trained on Ray Train and tuned with Ray Tune.")
+    parser.add_argument("--version", action="version", version=f"unet-zoo {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("encoders", help="list registered encoders")
@@ -112,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tune", help="hyperparameter search on Ray Tune (the main job)")
     _add_training_flags(p)
-    p.set_defaults(config=None)  # None = tune_configs/default.yaml next to launch.py
+    p.set_defaults(config=None)  # None = the shipped tune_configs/default.yaml
     p.add_argument("--samples", type=int, default=None, help="number of trials")
     p.add_argument("--workers-per-trial", type=int, default=None)
     p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: from resources)")

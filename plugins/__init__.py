@@ -4,8 +4,9 @@ A plugin is a module whose import registers encoders with `zoo.register_encoder`
 (an entry point may also name a callable, which is called). Plugins are code, so only what the user installed
 (entry points in group `unet_zoo.encoders`) or named (`--plugin`, `plugins:` in a config) is imported: nothing
 is ever imported from a dataset folder or a checkpoint. A plugin that fails gives a PluginWarning and everything
-else keeps working. The engine passes the same names to every Ray worker (after `resolve_plugin_refs` on the
-driver), so workers import exactly what the driver imported.
+else keeps working. Shipping is Ray's: `runtime_env(refs)` is the job's `py_modules` entry for plugin files, so
+a worker on any node imports exactly what the driver imported (`load_on_worker`); module names must be importable
+there (installed, or in the job's working directory).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from zoo._registry import one_line, registering_as
 GROUP = "unet_zoo.encoders"
 NO_AUTOLOAD_ENV = "UNET_ZOO_NO_AUTOLOAD"
 
-__all__ = ["GROUP", "NO_AUTOLOAD_ENV", "PluginWarning", "autoload", "load_plugins", "resolve_plugin_refs"]
+__all__ = ["GROUP", "NO_AUTOLOAD_ENV", "PluginWarning", "autoload", "load_on_worker", "load_plugins",
+           "resolve_plugin_refs", "runtime_env"]
 
 
 class PluginWarning(UserWarning):
@@ -95,6 +97,19 @@ def load_plugins(names: Sequence[str]) -> list[str]:
         if ok:
             loaded.append(name)
     return loaded
+
+
+def runtime_env(refs: Sequence[str]) -> dict[str, list[str]]:
+    """The Ray runtime_env entry that ships plugin files to every node of the job (Ray uploads each file once and
+    puts it on the workers' import path); module names travel as names."""
+    files = [str(Path(r).expanduser().absolute()) for r in refs if _is_file_ref(r)]
+    return {"py_modules": files} if files else {}
+
+
+def load_on_worker(refs: Sequence[str]) -> list[str]:
+    """On a Ray worker: a plugin file present at the driver's path (the same machine) is imported from there,
+    elsewhere it arrived through `runtime_env` and is imported by its module name."""
+    return load_plugins([r if not _is_file_ref(r) or Path(r).is_file() else Path(r).stem for r in refs])
 
 
 def _load_entry_point(ep: EntryPoint) -> None:

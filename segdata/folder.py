@@ -34,6 +34,28 @@ class Sample:
     label: str | None
 
 
+def portable_samples(samples: list[Sample], root: str) -> list[list[str | None]]:
+    """[name, image, label] rows with paths relative to `root`: what the driver validated, for workers whose copy
+    of the dataset may sit elsewhere (the built-in synthetic set is regenerated in each node's cache)."""
+    prefix = files.normalize_root(root).partition("?")[0].rstrip("/") + "/"
+
+    def rel(path: str | None) -> str | None:
+        return path[len(prefix):].partition("?")[0] if path is not None and path.startswith(prefix) else path
+
+    return [[s.name, rel(s.image), rel(s.label)] for s in samples]
+
+
+def local_samples(rows: list[list[str | None]], root: str) -> list[Sample]:
+    """The samples of `portable_samples` rows under this node's `root`."""
+
+    def here(path: str | None) -> str | None:
+        if path is None or files.is_uri(path) or os.path.isabs(path):
+            return path
+        return files.join(root, *path.split("/"))
+
+    return [Sample(name, here(image), here(label)) for name, image, label in rows]
+
+
 def natural_key(name: str) -> list[Any]:
     """Sort '2' before '10' so listings follow the order people number their files in."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]

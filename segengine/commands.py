@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from segengine.config import SEARCH_FILE_KEYS, TrainConfig, flag_overrides, load_yaml, merge_plugins
+import tune_configs
+from segengine.config import SEARCH_FILE_KEYS, ConfigError, TrainConfig, flag_overrides, load_yaml, merge_plugins
+
+
+def config_file(ref: str | None) -> str:
+    """--config as a file: a path, or the name of a shipped recipe (default: the default search)."""
+    found = tune_configs.find_recipe(ref)
+    if found is None:
+        raise ConfigError(f"config file not found: {ref} (shipped recipes: {', '.join(tune_configs.recipe_names())})")
+    return found
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """Config file first, then the flags the user gave; plugins from both are kept. A search file (the recipes in
     tune_configs/) trains with its `train:` section, so one file is both the recipe and its search."""
-    raw = load_yaml(args.config) if args.config else {}
+    raw = load_yaml(config_file(args.config)) if args.config else {}
     if "train" in raw and set(raw) <= set(SEARCH_FILE_KEYS):
         raw = dict(raw["train"] or {})
     raw.update(flag_overrides(args))
@@ -29,7 +37,7 @@ def train(args: argparse.Namespace) -> int:
 def tune(args: argparse.Namespace) -> int:
     from segengine.tuning import load_settings, tune_run
 
-    config = args.config or str(Path(__file__).resolve().parents[1] / "tune_configs" / "default.yaml")
+    config = config_file(args.config)
     overrides = {k: v for k, v in flag_overrides(args).items() if k not in ("storage", "name", "address")}
     settings = load_settings(config, overrides, {"samples": args.samples,
                                                       "workers_per_trial": args.workers_per_trial,

@@ -4,7 +4,9 @@ Ray 2.60 pattern: Tune runs a driver function per trial. With `workers_per_trial
 function in-process (reporting through `ray.tune.report`; cheapest start-up, the laptop default); with N >= 1 the
 trial builds and fits a TorchTrainer whose metrics reach Tune through `TuneReportCallback`. Either way the same
 `train_func` trains, metrics reach Tune every epoch so ASHA can stop trials, and the checkpoint path travels as the
-reported metric `checkpoint_path`.
+reported metric `checkpoint_path`. The param space holds what is searched: the training config as one nested entry
+(`train`) and the sampled per-class weights (`class_weights`); constants (the validated data, the trials folder)
+reach the trials through `tune.with_parameters`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import csv
 import io
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -23,13 +24,15 @@ import yaml
 
 import segdata
 from segengine import checkpoint, storage
+from segengine.cluster import alive_node_ips, check_storage_for_cluster, redact
 from segengine.config import SEARCH_FILE_KEYS, ConfigError, TrainConfig, load_yaml, reject_unknown_keys
+from segengine.runprep import RunError, prepare, save_config
 
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "grid", "randint")
 SEARCHERS = ("optuna", "random", "hyperopt")
 SCHEDULERS = ("asha", "fifo")
-EXPONENT_KEY = "class_weight_exponent"  # a training key: each trial's worker measures the frequencies itself
-WEIGHT_PREFIX = "class_weight_"  # + class index: one sampled per-class weight
+EXPONENT_KEY = "class_weight_exponent"  # a training key; the driver measures the class frequencies once
+WEIGHT_LABEL = "class_weight_"  # + class index: the column of one sampled per-class weight in results.csv
 
 
 @dataclass
@@ -125,48 +128,32 @@ def load_settings(path: str | None, overrides: dict[str, Any], extra: dict[str, 
 # ---------------------------------------------------------------- trial side
 
 
-def _is_weight_key(key: str) -> bool:
-    return key.startswith(WEIGHT_PREFIX) and key[len(WEIGHT_PREFIX):].isdigit()
-
-
-def trial_weights(config: dict[str, Any], num_classes: int) -> list[float] | None:
-    """Class weights of one trial from its sampled per-class weights (None when none are searched)."""
-    explicit = {int(k[len(WEIGHT_PREFIX):]): float(v) for k, v in config.items() if _is_weight_key(k)}
-    if not explicit:
-        return None
-    return [explicit.get(i, 1.0) for i in range(num_classes)]
-
-
-def trial_train_config(config: dict[str, Any]) -> TrainConfig:
-    """A trial's full TrainConfig: the base config with its sampled values substituted."""
-    tc = {k: v for k, v in config.items() if not k.startswith("_") and not _is_weight_key(k)}
-    weights = trial_weights(config, config["_num_classes"])
-    if weights is not None:
-        tc["class_weights"] = weights
+def trial_train_config(config: dict[str, Any], num_classes: int) -> TrainConfig:
+    """A trial's full TrainConfig: its `train` entry, with the sampled per-class weights (if any) as class_weights."""
+    tc = dict(config["train"])
+    sampled = {int(k): float(v) for k, v in (config.get("class_weights") or {}).items()}
+    if sampled:
+        tc["class_weights"] = [sampled.get(i, 1.0) for i in range(num_classes)]
     return TrainConfig.from_dict(tc, where="trial config")
 
 
-def trial_func(config: dict[str, Any]) -> None:
-    """Tune's driver function for one trial."""
+def trial_func(config: dict[str, Any], *, data: dict[str, Any], trials_root: str, use_gpu: bool) -> None:
+    """Tune's driver function for one trial (constants bound with `tune.with_parameters`)."""
     from ray import tune
 
-    cfg = trial_train_config(config)
-    trial_id = tune.get_context().get_trial_id()
-    trials_root = config["_trials_root"]
-    run_dir = storage.join(trials_root, trial_id)
-    run = {"run_dir": run_dir, "plugin_sources": config["_plugin_sources"], "verbose": False}
-    if cfg.workers == 0:
-        from segengine.worker import train_func
+    from segengine.ray_adapter import make_trainer
+    from segengine.worker import train_func
 
-        train_func({**cfg.to_dict(), "_run": {**run, "reporter": "tune"}})
+    cfg = trial_train_config(config, len(data["meta"]["classes"]))
+    trial_id = tune.get_context().get_trial_id()
+    run = {"run_dir": storage.join(trials_root, trial_id), "verbose": False}
+    if cfg.workers == 0:
+        train_func({"train": cfg.to_dict(), "data": data, "run": {**run, "reporter": "tune"}})
         return
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from segengine.raytrain import make_trainer
-    from segengine.worker import train_func
-
-    trainer = make_trainer(train_func, {**cfg.to_dict(), "_run": {**run, "reporter": "train"}}, cfg,
-                           storage_path=trials_root, name=trial_id, use_gpu=config["_use_gpu"],
+    trainer = make_trainer(train_func, {"train": cfg.to_dict(), "data": data, "run": {**run, "reporter": "train"}},
+                           cfg, storage_path=trials_root, name=trial_id, use_gpu=use_gpu,
                            callbacks=[TuneReportCallback()])
     trainer.fit()
 
@@ -184,23 +171,45 @@ def _space(settings: TuneSettings):
 
 
 def _class_weight_space(settings: TuneSettings, meta: segdata.DatasetMeta) -> dict[str, Any]:
+    """Sampled per-class weights by class index (the `class_weights` entry of the param space)."""
     from ray import tune
 
-    cw = settings.class_weights
     space = {}
-    for name, (lo, hi) in (cw.get("per_class") or {}).items():
+    for name, (lo, hi) in (settings.class_weights.get("per_class") or {}).items():
         idx = meta.classes.index(name) if name in meta.classes else (int(name) if str(name).isdigit() else None)
         if idx is None or idx >= meta.num_classes:
             raise ConfigError(f"class_weights.per_class: unknown class '{name}'; classes: {', '.join(meta.classes)}")
-        space[f"{WEIGHT_PREFIX}{idx}"] = tune.uniform(lo, hi)
-    if "inverse_frequency_exponent" in cw:
-        space[EXPONENT_KEY] = tune.uniform(*cw["inverse_frequency_exponent"])
+        space[str(idx)] = tune.uniform(lo, hi)
     return space
+
+
+def param_space(settings: TuneSettings, cfg: TrainConfig, meta: segdata.DatasetMeta) -> dict[str, Any]:
+    """{"train": the base config with its searched keys as distributions, "class_weights": {index: weight}}."""
+    from ray import tune
+
+    train = {**cfg.to_dict(), **_space(settings)}
+    if "inverse_frequency_exponent" in settings.class_weights:
+        train[EXPONENT_KEY] = tune.uniform(*settings.class_weights["inverse_frequency_exponent"])
+    return {"train": train, "class_weights": _class_weight_space(settings, meta)}
+
+
+def searched_columns(space: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """results.csv column -> (entry, key) of every sampled value: `lr`, `class_weight_exponent`, `class_weight_1`."""
+    from ray.tune.search.sample import Domain
+
+    columns = {key: ("train", key) for key, value in space["train"].items()
+               if isinstance(value, Domain) or (isinstance(value, dict) and "grid_search" in value)}
+    columns.update({f"{WEIGHT_LABEL}{idx}": ("class_weights", idx) for idx in space["class_weights"]})
+    return columns
+
+
+def _value(config: dict[str, Any], where: tuple[str, str]) -> Any:
+    return (config.get(where[0]) or {}).get(where[1])
 
 
 def plan_concurrency(settings: TuneSettings, capacity: dict[str, float], use_gpu: bool) -> tuple[dict, int]:
     """Trial resources and how many trials fit at once, so no trial waits forever for CPUs."""
-    from segengine.raytrain import ResourceError
+    from segengine.ray_adapter import ResourceError
 
     wpt, cpw = settings.workers_per_trial, settings.cpus_per_worker
     if wpt == 0:
@@ -244,7 +253,7 @@ def _searcher(settings: TuneSettings, metric: str, mode: str, concurrent: int):
 class ProgressLines:
     """A line per trial-epoch and per finished trial: enough to follow a search without Tune's verbose tables."""
 
-    def __init__(self, metric: str, searched: list[str]):
+    def __init__(self, metric: str, searched: dict[str, tuple[str, str]]):
         from ray.tune import Callback
 
         outer = self
@@ -265,7 +274,7 @@ class ProgressLines:
         self.start = time.perf_counter()
 
     def line(self, trial, text: str) -> None:
-        params = "  ".join(f"{k}={_fmt(trial.config.get(k))}" for k in self.searched)
+        params = "  ".join(f"{k}={_fmt(_value(trial.config, where))}" for k, where in self.searched.items())
         print(f"[{time.perf_counter() - self.start:6.0f}s] {trial.trial_id}  {params}  {text}", flush=True)
 
 
@@ -284,34 +293,30 @@ def _disk_usage(path: str) -> int:
 def tune_run(settings: TuneSettings, *, name: str | None, storage_root: str, address: str | None,
              resume: bool, overwrite: bool) -> dict[str, Any]:
     """Run (or resume) a search; returns the results rows, the best row and paths."""
-    import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from segengine import raytrain
-    from segengine.cluster import alive_node_ips, check_storage_for_cluster
-    from segengine.training import RunError, prepare, save_config, ship_plugins
+    from segengine import ray_adapter
 
     base = replace(settings.train, name=name or f"tune-{settings.train.encoder}-{time.strftime('%Y%m%d-%H%M%S')}",
                    storage=storage_root, address=address, workers=settings.workers_per_trial,
                    cpus_per_worker=settings.cpus_per_worker)
-    prep = prepare(base, resume=resume, overwrite=overwrite)
+    exponent_searched = "inverse_frequency_exponent" in settings.class_weights
+    prep = prepare(base, resume=resume, overwrite=overwrite,
+                   frequencies=exponent_searched or base.class_weight_exponent is not None)
     cfg, meta, tune_dir = prep.cfg, prep.meta, prep.run_dir
     metric, mode = cfg.metric, cfg.mode
-    started = raytrain.connect(cfg.address)
-    try:
+    with ray_adapter.ray_session(cfg.address, cfg.plugins):
         check_storage_for_cluster(cfg.storage, alive_node_ips())
-        use_gpu = raytrain.wants_gpu(cfg, cfg.workers)
-        resources, concurrent = plan_concurrency(settings, raytrain.cluster_capacity(), use_gpu)
+        use_gpu = ray_adapter.wants_gpu(cfg, cfg.workers)
+        resources, concurrent = plan_concurrency(settings, ray_adapter.cluster_capacity(), use_gpu)
         if not resume:  # only once the search can start: a refused one leaves nothing behind
             save_config(tune_dir, cfg)
             storage.write_bytes(storage.join(tune_dir, "search.yaml"), yaml.safe_dump(
                 {"search": settings.search, "class_weights": settings.class_weights,
                  "scheduler": settings.scheduler, "searcher": settings.searcher, "samples": settings.samples},
                 sort_keys=False).encode())
-        space = {**cfg.to_dict(), **_space(settings), **_class_weight_space(settings, meta)}
-        space.update({"_trials_root": storage.join(tune_dir, "trials"), "_plugin_sources": ship_plugins(cfg.plugins),
-                      "_use_gpu": use_gpu, "_num_classes": meta.num_classes})
+        space = param_space(settings, cfg, meta)
         max_epochs = min(settings.scheduler.get("max_epochs", cfg.epochs), cfg.epochs)
         if settings.scheduler.get("type", "asha") == "asha":
             grace = settings.scheduler.get("grace_period", 1)
@@ -321,9 +326,7 @@ def tune_run(settings: TuneSettings, *, name: str | None, storage_root: str, add
                                       reduction_factor=settings.scheduler.get("reduction_factor", 3))
         else:
             scheduler = FIFOScheduler()
-        exponent_searched = "inverse_frequency_exponent" in settings.class_weights
-        searched = [k for k in space if k in settings.search or _is_weight_key(k)
-                    or (k == EXPONENT_KEY and exponent_searched)]
+        searched = searched_columns(space)
         print(f"search     {tune_dir}")
         print(f"trials     {settings.samples} sample(s) of {', '.join(searched) or 'nothing'}; "
               f"{settings.scheduler.get('type', 'asha')} scheduler, {settings.searcher.get('type', 'optuna')} "
@@ -331,10 +334,11 @@ def tune_run(settings: TuneSettings, *, name: str | None, storage_root: str, add
         per = ("in-process (1 worker)" if cfg.workers == 0
                else f"{cfg.workers} Ray Train worker(s) x {cfg.cpus_per_worker} CPU")
         print(f"resources  {per} per trial{', GPU' if use_gpu else ''}; {concurrent} trial(s) at once on "
-              f"{raytrain.cluster_capacity()['CPU']:g} CPUs", flush=True)
+              f"{ray_adapter.cluster_capacity()['CPU']:g} CPUs", flush=True)
         progress = ProgressLines(metric, searched)
-        trainable = tune.with_resources(trial_func, resources)
-        fs_args = raytrain.storage_args(cfg.storage)
+        trainable = tune.with_resources(tune.with_parameters(
+            trial_func, data=prep.data, trials_root=storage.join(tune_dir, "trials"), use_gpu=use_gpu), resources)
+        fs_args = ray_adapter.storage_args(cfg.storage)
         run_config = tune.RunConfig(name=cfg.name, callbacks=[progress.callback], verbose=0,
                                     failure_config=tune.FailureConfig(max_failures=0), **fs_args)
         exp_path = storage.join(cfg.storage, cfg.name)
@@ -353,15 +357,11 @@ def tune_run(settings: TuneSettings, *, name: str | None, storage_root: str, add
         except KeyboardInterrupt:
             grid = tune.Tuner.restore(exp_path, trainable).get_results()
         interrupted = grid.num_terminated + grid.num_errors < len(grid)
-        return finish(grid, settings, cfg, tune_dir, searched, max_epochs, interrupted)
-    finally:
-        if started:
-            ray.shutdown()
-            os.environ.pop("RAY_ADDRESS", None)
+        return finish(grid, cfg, meta.num_classes, tune_dir, searched, max_epochs, interrupted)
 
 
-def finish(grid, settings: TuneSettings, cfg: TrainConfig, tune_dir: str, searched: list[str], max_epochs: int,
-           interrupted: bool) -> dict[str, Any]:
+def finish(grid, cfg: TrainConfig, num_classes: int, tune_dir: str, searched: dict[str, tuple[str, str]],
+           max_epochs: int, interrupted: bool) -> dict[str, Any]:
     """Results table (printed + CSV), best.yaml, curves plot, pruning of stopped trials' checkpoints."""
     metric, mode = cfg.metric, cfg.mode
     sign = 1 if mode == "max" else -1
@@ -382,7 +382,8 @@ def finish(grid, settings: TuneSettings, cfg: TrainConfig, tune_dir: str, search
             status = "error"
         startup = (float(hist["time_this_iter_s"].iloc[0] - hist["epoch_time_s"].iloc[0])
                    if hist is not None and "time_this_iter_s" in hist.columns and len(hist) else float("nan"))
-        rows.append({"trial": trial_id, **{k: result.config.get(k) for k in searched}, "startup_s": startup,
+        sampled = {k: _value(result.config, where) for k, where in searched.items()}
+        rows.append({"trial": trial_id, **sampled, "startup_s": startup,
                      f"best_{metric}": best_value, "epochs": int(max(epochs)) if epochs else 0, "status": status,
                      "error": str(result.error).splitlines()[-1][:200] if result.error else "",
                      "run_dir": run_dir, "_config": result.config})
@@ -395,12 +396,10 @@ def finish(grid, settings: TuneSettings, cfg: TrainConfig, tune_dir: str, search
     table = write_results(rows, searched, metric, tune_dir)
     print("\n" + table)
     if best is not None:
-        best_cfg = trial_train_config(best["_config"])
+        best_cfg = trial_train_config(best["_config"], num_classes)
         best_cfg = replace(best_cfg, name=None, workers=max(best_cfg.workers, 1))
         text = (f"# best trial {best['trial']} of search {cfg.name}: {metric} {best[f'best_{metric}']:.4f}\n"
                 f"# best checkpoint: {best_ckpt}\n# reproduce: python launch.py train --config best.yaml\n")
-        from segengine.cluster import redact
-
         text += yaml.safe_dump(redact(best_cfg.to_dict()), sort_keys=False)
         storage.write_bytes(storage.join(tune_dir, "best.yaml"), text.encode())
         storage.write_bytes(storage.join(tune_dir, "best.json"), json.dumps(
@@ -418,7 +417,8 @@ def finish(grid, settings: TuneSettings, cfg: TrainConfig, tune_dir: str, search
     return {"rows": rows, "best": best, "best_checkpoint": best_ckpt, "tune_dir": tune_dir}
 
 
-def write_results(rows: list[dict[str, Any]], searched: list[str], metric: str, tune_dir: str) -> str:
+def write_results(rows: list[dict[str, Any]], searched: dict[str, tuple[str, str]], metric: str, tune_dir: str
+                  ) -> str:
     cols = ["trial", *searched, f"best_{metric}", "epochs", "status", "error"]
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=cols, extrasaction="ignore")

@@ -1,8 +1,10 @@
 """The per-worker training function: the same code under `launch.py train`, inside a Tune trial, or in-process.
 
-`train_func(config)` takes the resolved `TrainConfig` as a dict plus a `_run` entry (run folder, reporting mode,
-plugin modules) and reports once per epoch through a `Reporter`. Everything random derives from the seed, so a rerun
-gives the same batches, and a resumed run continues the epoch count, the learning-rate schedule and the history.
+`train_func(config)` takes three entries: `train` (the resolved `TrainConfig` as a dict), `data` (what the driver
+validated: metadata, the train/val pairs, class frequencies) and `run` (run folder, reporting mode, verbosity), and
+reports once per epoch through a `Reporter`. It imports nothing of the driver side. Everything random derives from
+the seed, so a rerun gives the same batches, and a resumed run continues the epoch count, the learning-rate schedule
+and the history.
 """
 
 from __future__ import annotations
@@ -164,20 +166,18 @@ def _val_shard(n: int, rank: int, world: int) -> list[int]:
 
 def train_func(config: dict[str, Any]) -> None:
     """Ray Train worker function (also called directly in-process)."""
-    run = config["_run"]
-    cfg = TrainConfig.from_dict({k: v for k, v in config.items() if k != "_run"})
+    run = config["run"]
+    cfg = TrainConfig.from_dict(config["train"])
     reporter = make_reporter(run["reporter"], run["run_dir"], cfg.keep_checkpoints, cfg.metric, cfg.mode)
     plugins.autoload()
-    from segengine.training import materialize_plugins
-
-    plugins.load_plugins(materialize_plugins(run.get("plugin_sources") or {}))
-    Trainer(cfg, reporter, verbose=run.get("verbose", True)).fit()
+    plugins.load_on_worker(cfg.plugins)
+    Trainer(cfg, reporter, config["data"], verbose=run.get("verbose", True)).fit()
 
 
 class Trainer:
     """One worker's view of a run: data shards, model, optimizer, epochs, metrics, checkpoints."""
 
-    def __init__(self, cfg: TrainConfig, reporter: Reporter, verbose: bool = True):
+    def __init__(self, cfg: TrainConfig, reporter: Reporter, data: dict[str, Any], verbose: bool = True):
         self.cfg, self.reporter, self.verbose = cfg, reporter, verbose
         self.rank, self.world = reporter.world_rank, reporter.world_size
         self.use_gpu = torch.cuda.is_available() and cfg.use_gpu != "no"
@@ -187,13 +187,10 @@ class Trainer:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
 
-        root = segdata.resolve_data(cfg.data)
-        overrides = {"num_classes": cfg.num_classes, "label_mode": cfg.label_mode, "threshold": cfg.threshold,
-                     "ignore_index": cfg.ignore_index, "val_fraction": cfg.val_fraction}
-        folder = segdata.open_dataset(root, **overrides)
-        self.meta = folder.meta
-        train_samples = segdata.validated_samples(folder, cfg.train_split, cfg.skip_bad)
-        val_samples = segdata.validated_samples(folder, cfg.val_split, cfg.skip_bad)
+        root = segdata.resolve_data(cfg.data)  # this node's copy (the synthetic set is made here if missing)
+        self.meta = segdata.DatasetMeta.from_dict(data["meta"])
+        train_samples = segdata.local_samples(data["train"], root)
+        val_samples = segdata.local_samples(data["val"], root)
 
         model = zoo.create_model(cfg.encoder, self.meta.num_classes, in_channels=self.meta.in_channels,
                                  weights=cfg.weights, **cfg.encoder_kwargs)
@@ -229,8 +226,10 @@ class Trainer:
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg, self.steps_per_epoch)
         self.class_weights = cfg.class_weights
         if cfg.class_weight_exponent is not None:
-            self.class_weights = inverse_frequency_weights(
-                segdata.class_frequencies(train_samples, self.meta), cfg.class_weight_exponent)
+            freq = data.get("frequencies")
+            if freq is None:  # a driver that did not measure them (a search that sets the exponent per trial)
+                freq = segdata.class_frequencies(train_samples, self.meta)
+            self.class_weights = inverse_frequency_weights(freq, cfg.class_weight_exponent)
         self.loss_fn = SegmentationLoss(cfg.loss, self.meta.num_classes, self.class_weights).to(self.device)
         self.amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) \
             if self.use_gpu and cfg.amp else None

@@ -103,6 +103,7 @@ def test_early_stopping_waits_for_min_steps(tmp_path):
     from engine_helpers import tiny_config
 
     from segengine.reporting import make_reporter
+    from segengine.runprep import validate_data
     from segengine.worker import Trainer
 
     def epochs_run(min_steps: int) -> int:
@@ -110,7 +111,7 @@ def test_early_stopping_waits_for_min_steps(tmp_path):
                           min_steps=min_steps, data="synth:seed=0,n_train=8,n_val=2,size=32", input_size=(32, 32),
                           batch_size=4)
         reporter = make_reporter("local", str(tmp_path / cfg.name), 1, cfg.metric, cfg.mode)
-        trainer = Trainer(cfg, reporter, verbose=False)
+        trainer = Trainer(cfg, reporter, validate_data(cfg)[1], verbose=False)
         assert trainer.steps_per_epoch == 2
         trainer.fit()
         return len(trainer.history)

@@ -16,6 +16,7 @@ from engine_helpers import REPO, tiny_config
 from launch import main
 from segengine import checkpoint
 from segengine.reporting import make_reporter
+from segengine.runprep import validate_data
 from segengine.training import train
 from segengine.worker import Trainer
 
@@ -31,7 +32,8 @@ def test_two_workers_learn(trained_run, tmp_path):
     losses = [float(h["train_loss"]) for h in history]
     assert losses[-1] < losses[0]
     cfg = tiny_config(storage=str(tmp_path), name="untrained")
-    untrained = Trainer(cfg, make_reporter("local", str(tmp_path / "u"), 1, cfg.metric, cfg.mode), verbose=False)
+    untrained = Trainer(cfg, make_reporter("local", str(tmp_path / "u"), 1, cfg.metric, cfg.mode),
+                        validate_data(cfg)[1], verbose=False)
     baseline = untrained._validate()["miou"]
     final = trained_run["metrics"]["val_miou"]
     assert final >= baseline + 0.15, (baseline, final)

@@ -1,6 +1,6 @@
-"""Ray Train wiring: connecting to Ray, checking resources, building and fitting the TorchTrainer.
-
-Ray's API changes between releases; its Train calls live here (and Tune's in `tuning.py`) behind our own names.
+"""The one place the driver talks to Ray: start, connect and stop it (`ray_session`), check what the cluster can
+give, build and fit TorchTrainers, and turn worker failures into one line. Ray's API changes between releases; its
+driver-side calls live here (Tune's search API in `tuning.py`, the workers' report calls in `reporting.py`).
 """
 
 from __future__ import annotations
@@ -8,16 +8,19 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
+import plugins
 from segengine import storage
 from segengine.cluster import alive_node_ips, check_storage_for_cluster, resolve_address
 from segengine.config import TrainConfig
+from segengine.runprep import RunError
 
 
 class ResourceError(RuntimeError):
@@ -26,19 +29,41 @@ class ResourceError(RuntimeError):
     user_error = True
 
 
-def connect(address: str | None) -> bool:
-    """Connect to the cluster at `address` ($RAY_ADDRESS) or start a local Ray; True if we started it."""
+def job_runtime_env(plugin_refs: Sequence[str]) -> dict[str, Any] | None:
+    """What every Ray process of the job needs: the auth mode, and the user's plugin files (`plugins.runtime_env`)."""
+    env: dict[str, Any] = dict(plugins.runtime_env(plugin_refs))
+    if "RAY_AUTH_MODE" in os.environ:
+        env["env_vars"] = {"RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"]}
+    return env or None
+
+
+@contextmanager
+def ray_session(address: str | None, plugin_refs: Sequence[str] = ()) -> Iterator[None]:
+    """Connect to the cluster at `address` ($RAY_ADDRESS) or start a local Ray for the block, then disconnect (or
+    stop what it started) and restore RAY_ADDRESS, Ctrl-C included. The plugin files travel as the job's
+    `py_modules` (Ray uploads local files at the job level only). Inside an existing Ray session (a notebook, a
+    test) the block uses it and leaves it running; its workers then find plugin files at the driver's paths."""
     if ray.is_initialized():
-        return False
+        yield
+        return
+    saved = os.environ.get("RAY_ADDRESS")
     address = resolve_address(address)
-    env = {"env_vars": {"RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"]}} if "RAY_AUTH_MODE" in os.environ else None
-    if address:
-        ray.init(address=address, logging_level="ERROR", log_to_driver=True, runtime_env=env)
-        return False
-    ray.init(logging_level="ERROR", runtime_env=env)
-    # Helper processes (Train's placement-group cleaner) find this instance even if other clusters run here.
-    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
-    return True
+    try:
+        if address:
+            ray.init(address=address, logging_level="ERROR", log_to_driver=True,
+                     runtime_env=job_runtime_env(plugin_refs))
+        else:
+            ray.init(logging_level="ERROR", runtime_env=job_runtime_env(plugin_refs))
+            # Helper processes (Train's placement-group cleaner) find this instance even if other clusters run here.
+            os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+        yield
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        if saved is None:
+            os.environ.pop("RAY_ADDRESS", None)
+        else:
+            os.environ["RAY_ADDRESS"] = saved
 
 
 def cluster_capacity() -> dict[str, float]:
@@ -87,8 +112,8 @@ def storage_args(path: str) -> dict[str, Any]:
     return {"storage_path": inner, "storage_filesystem": fs}
 
 
-def make_trainer(train_func: Callable, config: dict[str, Any], cfg: TrainConfig, *, storage_path: str, name: str,
-                 use_gpu: bool, callbacks: list | None = None) -> TorchTrainer:
+def make_trainer(train_func: Callable[[dict], None], config: dict[str, Any], cfg: TrainConfig, *, storage_path: str,
+                 name: str, use_gpu: bool, callbacks: list | None = None) -> TorchTrainer:
     """A TorchTrainer that keeps the best `keep_checkpoints` by the metric plus the latest, and retries failures."""
     run_config = ray.train.RunConfig(
         name=name,
@@ -110,37 +135,32 @@ def make_trainer(train_func: Callable, config: dict[str, Any], cfg: TrainConfig,
 
 
 def failure_message(exc: BaseException) -> str:
-    """The first line of the workers' error (a TrainingError message, say) instead of Ray's wrapper text."""
-    text = str(exc)
-    for line in text.splitlines():
-        if "TrainingError:" in line or "DataError:" in line or "ZooError" in line:
-            return line.split(":", 1)[1].strip() if line.count(":") else line
-    lines = [ln for ln in text.splitlines() if ln.strip()]
+    """One line for the workers' error: Ray 2.60's `WorkerGroupError.worker_failures` holds each rank's exception;
+    our own errors (`user_error`) keep their message, others show their type. Other failures (the controller's):
+    the last line of Ray's text."""
+    failures = getattr(exc, "worker_failures", None) or {}
+    errors = [failures[rank] for rank in sorted(failures)]
+    if errors:
+        err = next((e for e in errors if getattr(e, "user_error", False)), errors[0])
+        first = (str(err).strip().splitlines() or [""])[0]
+        return first if getattr(err, "user_error", False) else f"{type(err).__name__}: {first}"
+    lines = [ln for ln in str(exc).splitlines() if ln.strip()]
     return lines[-1] if lines else type(exc).__name__
 
 
-def fit(prep, config_for: Callable[..., dict[str, Any]]) -> None:
-    """Fit `launch.py train` on Ray Train; Ray processes we started are stopped on exit (Ctrl-C included)."""
-    from segengine.training import RunError, print_plan, save_config
-    from segengine.worker import train_func
+def check_cluster(cfg: TrainConfig, workers: int) -> bool:
+    """Refuse a storage path or a request this cluster cannot serve; returns whether the workers get GPUs."""
+    check_storage_for_cluster(cfg.storage, alive_node_ips())
+    use_gpu = wants_gpu(cfg, workers)
+    check_resources(workers, cfg.cpus_per_worker, use_gpu, wait_s=cfg.resource_wait_s)
+    return use_gpu
 
-    cfg = prep.cfg
-    started = connect(cfg.address)
+
+def fit(trainer: TorchTrainer, run_dir: str) -> None:
+    """Fit a trainer; a worker failure Ray could not recover becomes a RunError naming the run folder."""
     try:
-        check_storage_for_cluster(cfg.storage, alive_node_ips())
-        use_gpu = wants_gpu(cfg, cfg.workers)
-        check_resources(cfg.workers, cfg.cpus_per_worker, use_gpu, wait_s=cfg.resource_wait_s)
-        save_config(prep.run_dir, cfg)  # only once the run can start: a refused run leaves nothing behind
-        print_plan(prep, cfg.workers, use_gpu)
-        trainer = make_trainer(train_func, config_for(prep, "train"), cfg, storage_path=cfg.storage,
-                               name=cfg.name, use_gpu=use_gpu)
-        try:
-            trainer.fit()
-        except SystemExit:  # Train's own SIGINT handler aborts the run and exits; report it as Ctrl-C
-            raise KeyboardInterrupt from None
-        except ray.train.TrainingFailedError as exc:
-            raise RunError(f"training failed: {failure_message(exc)} (run folder {prep.run_dir})") from None
-    finally:
-        if started:
-            ray.shutdown()
-            os.environ.pop("RAY_ADDRESS", None)
+        trainer.fit()
+    except SystemExit:  # Train's own SIGINT handler aborts the run and exits; report it as Ctrl-C
+        raise KeyboardInterrupt from None
+    except ray.train.TrainingFailedError as exc:
+        raise RunError(f"training failed: {failure_message(exc)} (run folder {run_dir})") from None

@@ -1,0 +1,264 @@
+"""`launch.py evaluate`: one confusion matrix over a whole split at original resolution, summed over Ray tasks when
+--workers > 1; scores from `metrics.scores_from_confusion` plus the tutorial's f_score; a table, metrics.json,
+confusion_matrix.csv and per_class_iou.png."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import segdata
+from segengine import storage
+from segengine.inference.predictor import BATCH, InferenceError, Predictor, progress_bar
+from segengine.metrics import MetricAccumulator
+
+
+def open_eval_dataset(data: str, manifest: dict[str, Any]):
+    """The dataset folder, read with its own dataset.yaml if it has one, else with the checkpoint's label
+    encoding (classes, label mode, threshold, ignore value); splits as in training (the run's val_fraction)."""
+    root = segdata.resolve_data(data)
+    config = manifest.get("config") or {}
+    split_args = {"val_fraction": float(config.get("val_fraction", 0.2))}
+    if storage.exists(storage.join(root, "dataset.yaml")):
+        return segdata.open_dataset(root, **split_args)
+    meta = manifest.get("dataset") or {}
+    overrides = {"classes": manifest.get("class_names") or meta.get("classes"),
+                 "label_mode": meta.get("label_mode", manifest.get("label_mode")),
+                 "threshold": meta.get("threshold"), "target_below": meta.get("target_below"),
+                 "ignore_index": meta.get("ignore_index")}
+    return segdata.open_dataset(root, **{k: v for k, v in overrides.items() if v is not None}, **split_args)
+
+
+def _split_tag(split: str) -> str:
+    if "/" not in split and "." not in split:  # train, val, test or another split name
+        return split
+    return Path(split.split("?")[0]).stem or "split"
+
+
+def default_eval_dir(checkpoint_path: str, split: str) -> str:
+    """`eval-<split>` next to a local checkpoint; in the working directory for one on object storage."""
+    name = f"eval-{_split_tag(split)}"
+    if storage.is_uri(checkpoint_path):
+        return str(Path.cwd() / name)
+    return str(Path(storage.resolve(checkpoint_path)).parent / name)
+
+
+def _read_pair(sample, meta) -> tuple[np.ndarray, np.ndarray]:
+    image = segdata.read_image(sample.image)
+    label = segdata.read_label(sample.label, meta)
+    if label.shape != image.shape[:2]:
+        raise InferenceError(f"{sample.label}: label is {label.shape[1]}x{label.shape[0]} but its image is "
+                             f"{image.shape[1]}x{image.shape[0]}")
+    return image, label
+
+
+def evaluate_samples(predictor: Predictor, samples: Sequence, meta, progress: bool = False,
+                     tile: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(confusion matrix, f_score counts) of the samples at original resolution."""
+    acc = MetricAccumulator(predictor.num_classes)
+    samples = list(samples)
+    bar = progress_bar(len(samples), "evaluate", enabled=progress)
+    windows = predictor.uses_windows(tile)
+    for start in range(0, len(samples), BATCH):
+        pairs = [_read_pair(s, meta) for s in samples[start:start + BATCH]]
+        images = [image for image, _ in pairs]
+        scores = ([predictor.scores(image, tile=True) for image in images] if windows
+                  else predictor.letterbox_logits(images))
+        for lg, (_, label) in zip(scores, pairs, strict=True):
+            acc.update(torch.from_numpy(lg[None]), torch.from_numpy(label[None].astype(np.int64)), 0.0)
+        bar.update(len(pairs))
+    bar.close()
+    return acc.cm.numpy(), acc.fscore_counts.numpy()
+
+
+def _evaluate_shard(state: dict[str, Any], manifest: dict[str, Any], plugin_refs: list[str],
+                    samples: list, meta_dict: dict[str, Any], tile: bool | None) -> tuple[np.ndarray, np.ndarray]:
+    """A Ray task: rebuild the model from its weights and sum the confusion matrix of one shard of files."""
+    import plugins
+    import zoo
+
+    plugins.autoload()
+    plugins.load_on_worker(plugin_refs)
+    model = zoo.create_model(manifest["encoder"], manifest["num_classes"], in_channels=manifest["in_channels"],
+                             **manifest.get("model_kwargs", {}))
+    model.load_state_dict(state)
+    return evaluate_samples(Predictor(model, manifest), samples, segdata.DatasetMeta.from_dict(meta_dict),
+                            tile=tile)
+
+
+def _evaluate_on_ray(predictor: Predictor, samples: list, meta, workers: int, address: str | None,
+                     plugin_refs: list[str], tile: bool | None) -> tuple[np.ndarray, np.ndarray]:
+    """Shards of the split as Ray tasks (one CPU each), their confusion matrices summed on the driver."""
+    import ray
+
+    import plugins
+    from segengine.ray_adapter import ray_session
+
+    refs = plugins.resolve_plugin_refs(plugin_refs)
+    with ray_session(address, refs):
+        task = ray.remote(num_cpus=1, max_retries=2)(_evaluate_shard)
+        state = ray.put({k: v.detach().cpu() for k, v in predictor.model.state_dict().items()})
+        shards = [samples[i::workers] for i in range(workers) if samples[i::workers]]
+        meta_dict = meta.to_dict()
+        pending = [task.remote(state, predictor.manifest, refs, shard, meta_dict, tile) for shard in shards]
+        bar = progress_bar(len(samples), f"evaluate ({len(shards)} Ray tasks)", enabled=True)
+        sizes = {ref: len(shard) for ref, shard in zip(pending, shards, strict=True)}
+        cm = np.zeros((predictor.num_classes,) * 2, np.int64)
+        counts = np.zeros((3, predictor.num_classes), np.float64)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            try:
+                part_cm, part_counts = ray.get(done[0])
+            except ray.exceptions.RayTaskError as exc:  # a data error in a task stays one line for the CLI
+                cause = getattr(exc, "cause", None)
+                if getattr(cause, "user_error", False):
+                    raise cause from None
+                raise
+            cm += part_cm
+            counts += part_counts
+            bar.update(sizes[done[0]])
+        bar.close()
+        return cm, counts
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, Any]
+    confusion: np.ndarray
+    out_dir: str
+
+
+def evaluate(checkpoint_path: str, data: str, *, split: str = "val", workers: int = 1, out: str | None = None,
+             address: str | None = None, plugin_refs: Sequence[str] | None = None, verbose: bool = True,
+             tile: bool | None = None) -> EvalResult:
+    """Metrics of a checkpoint on a dataset split at original resolution; writes metrics.json,
+    confusion_matrix.csv and per_class_iou.png into `out` (default `eval-<split>` next to the checkpoint)."""
+    if workers < 1:
+        raise InferenceError(f"--workers {workers}: use 1 (this process) or more (Ray tasks)")
+    predictor = Predictor.from_checkpoint(checkpoint_path, plugin_refs)
+    folder = open_eval_dataset(data, predictor.manifest)
+    meta = folder.meta
+    if meta.num_classes != predictor.num_classes:
+        raise InferenceError(f"{folder.root} has {meta.num_classes} classes ({', '.join(meta.classes)}) but the "
+                             f"checkpoint predicts {predictor.num_classes} ({', '.join(predictor.class_names)})")
+    samples = segdata.validated_samples(folder, split, False)
+    unlabelled = [s.name for s in samples if s.label is None]
+    if unlabelled:
+        raise InferenceError(f"split {split!r} of {folder.root} has {len(unlabelled)} image(s) without labels "
+                             f"(e.g. {unlabelled[0]}); evaluate needs labels, use `launch.py predict` for these")
+    if not samples:
+        raise InferenceError(f"split {split!r} of {folder.root} is empty")
+    if workers > 1:
+        cm, counts = _evaluate_on_ray(predictor, samples, meta, workers, address, list(plugin_refs or []), tile)
+    else:
+        cm, counts = evaluate_samples(predictor, samples, meta, progress=verbose, tile=tile)
+
+    acc = MetricAccumulator(predictor.num_classes)
+    acc.cm += torch.from_numpy(np.asarray(cm, np.int64))
+    acc.fscore_counts += torch.from_numpy(np.asarray(counts, np.float64))
+    scores = acc.compute(predictor.class_names)
+    scores.pop("loss", None)
+    metrics = {
+        "checkpoint": str(checkpoint_path), "data": folder.root, "split": split, "images": len(samples),
+        "resolution": "original", "input_size": list(predictor.input_size),
+        "inference": ({**predictor.inference, "mode": "sliding"} if predictor.uses_windows(tile)
+                      else {"mode": "letterbox"}), "encoder": predictor.manifest["encoder"],
+        "class_names": predictor.class_names, **scores,
+        "label_pixels": dict(zip(predictor.class_names, np.asarray(cm).sum(axis=1).tolist(), strict=True)),
+        "predicted_pixels": dict(zip(predictor.class_names, np.asarray(cm).sum(axis=0).tolist(), strict=True)),
+        "checkpoint_metrics": predictor.manifest.get("metrics", {}),
+    }
+    out_dir = out or default_eval_dir(checkpoint_path, split)
+    write_eval_outputs(out_dir, metrics, np.asarray(cm, np.int64), predictor.class_names)
+    if verbose:
+        print(format_table(metrics))
+        print(f"wrote metrics.json, confusion_matrix.csv, per_class_iou.png to {out_dir}")
+    return EvalResult(metrics, np.asarray(cm, np.int64), out_dir)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return _json_safe(value.item())
+    return value
+
+
+def confusion_csv(cm: np.ndarray, class_names: list[str]) -> str:
+    """Rows = true class, columns = predicted class, pixel counts."""
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["true \\ predicted", *class_names])
+    for name, row in zip(class_names, cm.tolist(), strict=True):
+        writer.writerow([name, *row])
+    return text.getvalue()
+
+
+def iou_chart_png(metrics: dict[str, Any]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = metrics["class_names"]
+    values = [metrics["iou"][n] for n in names]
+    shown = [0.0 if v is None or not math.isfinite(v) else v for v in values]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(names) + 2), 4), dpi=100)
+    bars = ax.bar(range(len(names)), shown, color="#4C72B0")
+    for bar, v in zip(bars, values, strict=True):
+        label = "n/a" if v is None or not math.isfinite(v) else f"{v:.3f}"
+        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.01, label, ha="center", va="bottom",
+                fontsize=8)
+    miou = metrics["miou"]
+    if miou is not None and math.isfinite(miou):
+        ax.axhline(miou, color="#C44E52", linestyle="--", label=f"mIoU {miou:.3f}")
+        ax.legend(loc="lower right")
+    ax.set_xticks(range(len(names)), names, rotation=45 if len(names) > 6 else 0, ha="right" if len(names) > 6
+                  else "center")
+    ax.set_ylim(0, 1.08)
+    ax.set_ylabel("IoU")
+    ax.set_title(f"per-class IoU: {metrics['split']}, {metrics['images']} images at original size", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def write_eval_outputs(out_dir: str, metrics: dict[str, Any], cm: np.ndarray, class_names: list[str]) -> None:
+    storage.write_bytes(storage.join(out_dir, "metrics.json"),
+                        json.dumps(_json_safe(metrics), indent=2).encode())
+    storage.write_bytes(storage.join(out_dir, "confusion_matrix.csv"), confusion_csv(cm, class_names).encode())
+    storage.write_bytes(storage.join(out_dir, "per_class_iou.png"), iou_chart_png(metrics))
+
+
+def format_table(metrics: dict[str, Any]) -> str:
+    def num(v: Any) -> str:
+        return "   n/a" if v is None or not math.isfinite(v) else f"{v:6.4f}"
+
+    names = metrics["class_names"]
+    width = max(12, *(len(n) for n in names))
+    lines = [f"{metrics['split']} split of {metrics['data']}: {metrics['images']} images at original resolution",
+             f"{'class':<{width}}  {'IoU':>6}  {'Dice':>6}  {'Prec.':>6}  {'Recall':>6}  {'label px':>10}"]
+    for n in names:
+        lines.append(f"{n:<{width}}  {num(metrics['iou'][n])}  {num(metrics['dice'][n])}  "
+                     f"{num(metrics['precision'][n])}  {num(metrics['recall'][n])}  {metrics['label_pixels'][n]:>10}")
+    lines.append(f"pixel accuracy {num(metrics['pixel_acc'])}   mIoU {num(metrics['miou'])}   "
+                 f"mDice {num(metrics['mdice'])}   f_score (tutorial) {num(metrics['f_score'])}")
+    return "\n".join(lines)
+
+

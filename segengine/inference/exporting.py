@@ -1,0 +1,176 @@
+"""`launch.py export`: ONNX (torch.export-based exporter, dynamic batch and H/W as multiples of the encoder's input
+multiple) or TorchScript (trace), then a check of the exported file against PyTorch at two spatial sizes."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from segengine import storage
+from segengine.inference.predictor import InferenceError, Predictor
+
+EXPORT_TOLERANCE = 1e-4  # max abs logit difference allowed, times max(1, max |PyTorch logit|)
+
+
+
+def check_sizes(input_size: Sequence[int], multiple: int) -> list[tuple[int, int, int]]:
+    """(batch, H, W) inputs for the export check: the trained size (batch 2) and another size and aspect
+    (batch 1), both multiples of the encoder's input multiple."""
+    h, w = int(input_size[0]), int(input_size[1])
+    return [(2, h, w), (1, h + multiple, w + 2 * multiple)]
+
+
+def _export_metadata(manifest: dict[str, Any], multiple: int) -> dict[str, Any]:
+    keys = ("encoder", "num_classes", "class_names", "in_channels", "input_size", "normalization", "colors",
+            "label_mode", "epoch", "metrics")
+    return {**{k: manifest.get(k) for k in keys}, "input_multiple": multiple,
+            "input": "N x in_channels x H x W float32, (pixel - mean) / std, H and W multiples of input_multiple",
+            "output": "N x num_classes x H x W logits"}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: str, multiple: int,
+                 metadata: dict[str, Any]) -> str:
+    """torch.onnx.export with the torch.export-based exporter (dynamo=True): batch free, H and W symbolic
+    multiples of `multiple`. Falls back to the TorchScript-based exporter (dynamic_axes) if that fails."""
+    import onnx
+
+    dim = torch.export.Dim
+    shapes = ({0: dim("batch"), 2: multiple * dim("h"), 3: multiple * dim("w")},)
+    big = sum(p.numel() * p.element_size() for p in model.parameters()) > 1.8 * 2**30
+    how = "torch.export (dynamo=True), dynamic batch/H/W"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(model, (example,), None, dynamo=True, verbose=False, input_names=["x"],
+                                        output_names=["logits"], dynamic_shapes=shapes, external_data=big)
+        program.save(path, external_data=big)
+    except Exception as first:  # exporter errors have many types; try the older exporter before giving up
+        how = "TorchScript-based exporter (dynamo=False), dynamic batch/H/W"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(model, (example,), path, dynamo=False, input_names=["x"], output_names=["logits"],
+                                  opset_version=17, dynamic_axes={"x": {0: "batch", 2: "h", 3: "w"},
+                                                                  "logits": {0: "batch", 2: "h", 3: "w"}})
+        except Exception as second:
+            raise InferenceError(f"ONNX export failed: {_first_line(first)} (dynamo); {_first_line(second)} "
+                                 "(TorchScript-based)") from None
+    if not big:
+        proto = onnx.load(path)
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = "unet_zoo", json.dumps(metadata)
+        onnx.save(proto, path)
+    return how
+
+
+def _run_onnx(path: str) -> Any:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x.numpy()})[0]
+
+
+def _export_torchscript(model: torch.nn.Module, example: torch.Tensor, path: str, metadata: dict[str, Any]) -> str:
+    """torch.jit.trace: shapes come from the input at run time (the size checks are Python and vanish)."""
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(model, example, check_trace=False)
+            torch.jit.save(traced, path, _extra_files={"unet_zoo.json": json.dumps(metadata)})
+    except Exception as exc:
+        raise InferenceError(f"TorchScript export failed: {_first_line(exc)}") from None
+    return "torch.jit.trace, dynamic batch/H/W"
+
+
+def _run_torchscript(path: str) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = torch.jit.load(path, map_location="cpu")
+
+    def run(x: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            return module(x).float().numpy()
+
+    return run
+
+
+@dataclass
+class ExportResult:
+    path: str
+    format: str
+    method: str
+    checks: list[dict[str, Any]]  # per input shape: shape, max_abs_diff, tolerance
+
+
+def export(checkpoint_path: str, fmt: str, out: str, *, plugin_refs: Sequence[str] | None = None,
+           verbose: bool = True, seed: int = 0) -> ExportResult:
+    """Export to ONNX or TorchScript and check the file against PyTorch on random inputs at two sizes."""
+    if fmt not in ("onnx", "torchscript"):
+        raise InferenceError(f"--format {fmt}: use onnx or torchscript")
+    predictor = Predictor.from_checkpoint(checkpoint_path, plugin_refs)
+    model, multiple = predictor.model, predictor.multiple
+    metadata = _export_metadata(predictor.manifest, multiple)
+    sizes = check_sizes(predictor.input_size, multiple)
+    generator = torch.Generator().manual_seed(seed)
+    inputs = [torch.randn(n, predictor.in_channels, h, w, generator=generator) for n, h, w in sizes]
+
+    remote = storage.is_uri(out)
+    holder = tempfile.TemporaryDirectory(prefix="unet-zoo-export-") if remote else None
+    local = os.path.join(holder.name, Path(out.split("?")[0]).name) if holder else os.path.abspath(out)
+    try:
+        Path(local).parent.mkdir(parents=True, exist_ok=True)
+        if fmt == "onnx":
+            method = _export_onnx(model, inputs[0], local, multiple, metadata)
+            run = _run_onnx(local)
+        else:
+            method = _export_torchscript(model, inputs[0], local, metadata)
+            run = _run_torchscript(local)
+        checks = []
+        for x in inputs:
+            with torch.no_grad():
+                reference = model(x).float().numpy()
+            try:
+                got = np.asarray(run(x))
+            except Exception as exc:
+                raise InferenceError(f"the exported {fmt} model failed on input {tuple(x.shape)}: "
+                                     f"{_first_line(exc)}; it does not accept dynamic sizes") from None
+            if got.shape != reference.shape:
+                raise InferenceError(f"the exported {fmt} model gave shape {got.shape} for input {tuple(x.shape)}, "
+                                     f"PyTorch {reference.shape}")
+            diff = float(np.abs(got - reference).max())
+            tolerance = EXPORT_TOLERANCE * max(1.0, float(np.abs(reference).max()))
+            checks.append({"shape": list(x.shape), "max_abs_diff": diff, "tolerance": tolerance})
+            if verbose:
+                print(f"check {'x'.join(map(str, x.shape))}: max abs diff vs PyTorch {diff:.3g} "
+                      f"(tolerance {tolerance:.3g})")
+            if not diff <= tolerance:
+                os.remove(local)
+                raise InferenceError(f"the exported {fmt} model differs from PyTorch by {diff:.3g} on input "
+                                     f"{tuple(x.shape)} (tolerance {tolerance:.3g} = {EXPORT_TOLERANCE:g} x max(1, "
+                                     "max |logit|)); nothing was written")
+        if remote:
+            with open(local, "rb") as f:
+                storage.write_bytes(out, f.read())
+    finally:
+        if holder is not None:
+            holder.cleanup()
+    if verbose:
+        print(f"wrote {out} ({fmt}, {method}); input N x {predictor.in_channels} x H x W float32 normalised with "
+              f"mean {predictor.mean} std {predictor.std}, H and W multiples of {multiple}; output N x "
+              f"{predictor.num_classes} x H x W logits ({', '.join(predictor.class_names)})")
+    return ExportResult(out, fmt, method, checks)

@@ -1,0 +1,161 @@
+"""Preparing a run on the driver, shared by `train` and `tune`: absolute paths, the run-name guard, plugin and size
+checks, the dataset validated once, the saved config. Everything a user can get wrong is refused here, before Ray
+starts; what it validated travels to the workers as `PreparedRun.data` so no worker decodes the dataset again."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import yaml
+
+import plugins
+import segdata
+import zoo
+from segengine import storage
+from segengine.cluster import redact
+from segengine.config import ConfigError, TrainConfig, diff_configs
+
+CONFIG_FILE = "config.yaml"
+# Keys that may change on --resume: the epoch budget, and how the driver reaches the cluster.
+RESUMABLE_KEYS = {"epochs", "address", "resource_wait_s"}
+
+
+class RunError(RuntimeError):
+    """A run that cannot start or failed; one line for the CLI."""
+
+    user_error = True
+
+
+@dataclass
+class PreparedRun:
+    """A checked config and what the driver learnt about the data. `data` is the worker function's `data` entry:
+    the dataset's metadata, the validated train/val pairs (paths relative to the root) and, when the recipe derives
+    class weights from them, the training labels' class frequencies."""
+
+    cfg: TrainConfig
+    run_dir: str
+    meta: segdata.DatasetMeta
+    data: dict[str, Any]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {"train": len(self.data["train"]), "val": len(self.data["val"])}
+
+    def worker_config(self, reporter: str, *, run_dir: str | None = None, verbose: bool = True) -> dict[str, Any]:
+        """The worker function's whole input: training config, where and how to report, the validated data."""
+        return {"train": self.cfg.to_dict(), "data": self.data,
+                "run": {"run_dir": run_dir or self.run_dir, "reporter": reporter, "verbose": verbose}}
+
+
+def default_name(cfg: TrainConfig) -> str:
+    return f"{cfg.encoder}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def resolve_paths(cfg: TrainConfig) -> TrainConfig:
+    """Absolute paths or URIs for everything a worker opens (Train workers run in their own working directory)."""
+    data = cfg.data
+    if data is not None and not data.startswith("synth") and not storage.is_uri(data):
+        data = storage.resolve(data)
+    return replace(cfg, data=data, storage=storage.resolve(cfg.storage),
+                   plugins=plugins.resolve_plugin_refs(cfg.plugins))
+
+
+def validate_data(cfg: TrainConfig, *, frequencies: bool = False) -> tuple[segdata.DatasetMeta, dict[str, Any]]:
+    """Open and check the dataset with the run's label settings, once: a broken one is refused before any worker
+    starts, and the workers get the validated pairs (and the class frequencies, with the same settings)."""
+    root = segdata.resolve_data(cfg.data)
+    folder = segdata.open_dataset(root, num_classes=cfg.num_classes, label_mode=cfg.label_mode,
+                                  threshold=cfg.threshold, ignore_index=cfg.ignore_index,
+                                  val_fraction=cfg.val_fraction)
+    train = segdata.validated_samples(folder, cfg.train_split, cfg.skip_bad)
+    val = segdata.validated_samples(folder, cfg.val_split, cfg.skip_bad)
+    freq = segdata.class_frequencies(train, folder.meta).tolist() if frequencies else None
+    return folder.meta, {"root": root, "meta": folder.meta.to_dict(), "train": segdata.portable_samples(train, root),
+                         "val": segdata.portable_samples(val, root), "frequencies": freq}
+
+
+def guard_run_name(run_dir: str, cfg: TrainConfig, *, resume: bool, overwrite: bool) -> None:
+    """New name: start. Existing name: refuse unless --resume (same config but the epoch budget) or --overwrite."""
+    saved_path = storage.join(run_dir, CONFIG_FILE)
+    exists = storage.exists(saved_path) or bool(storage.list_dirs(run_dir))
+    if exists and overwrite:
+        storage.delete_dir(run_dir)
+        return
+    if exists and not resume:
+        raise RunError(f"run '{cfg.name}' already exists in {cfg.storage}; add --resume to continue it from its "
+                       f"latest checkpoint, or --overwrite to delete it and start again")
+    if resume and not exists:
+        raise RunError(f"nothing to resume: no run '{cfg.name}' in {cfg.storage} (drop --resume to start it)")
+    if resume:
+        saved = yaml.safe_load(storage.read_text(saved_path)) if storage.exists(saved_path) else {}
+        differ = [k for k in diff_configs(saved, cfg.to_dict()) if k.split(".")[0] not in RESUMABLE_KEYS]
+        if differ:
+            raise RunError(f"--resume with a different config: {', '.join(differ)} differ from the saved "
+                           f"{saved_path}; only the epoch budget may change (use a new --name for a new run)")
+
+
+def save_config(run_dir: str, cfg: TrainConfig) -> None:
+    text = yaml.safe_dump(redact(cfg.to_dict()), sort_keys=False)
+    storage.write_bytes(storage.join(run_dir, CONFIG_FILE), text.encode())
+
+
+def check_sizes(cfg: TrainConfig, spec: zoo.EncoderSpec) -> None:
+    """The network input (and the sliding-validation window) must be multiples of the encoder's input multiple;
+    a worker would find out only after Ray started."""
+    m = spec.input_multiple
+    sizes = {"input_size": cfg.input_size}
+    if cfg.validation == "sliding":
+        sizes["val_window"] = cfg.window
+    for key, (h, w) in sizes.items():
+        if h % m or w % m:
+            down = [max(m, v // m * m) for v in (h, w)]
+            up = [-(-v // m) * m for v in (h, w)]
+            raise ConfigError(f"{key} {h}x{w} is not a multiple of {m} for encoder '{spec.name}'; use e.g. "
+                              f"{down[0]} {down[1]} or {up[0]} {up[1]}")
+
+
+def prepare(cfg: TrainConfig, *, resume: bool, overwrite: bool, frequencies: bool | None = None) -> PreparedRun:
+    """Everything `train` and `tune` check before Ray starts. `frequencies`: measure the training labels' class
+    frequencies (default: when the config derives its class weights from them)."""
+    cfg = resolve_paths(cfg)
+    if cfg.name is None:
+        if resume:
+            raise RunError("--resume needs --name NAME (the run to continue)")
+        cfg = replace(cfg, name=default_name(cfg))
+    plugins.autoload()
+    plugins.load_plugins(cfg.plugins)
+    check_sizes(cfg, zoo.get_spec(cfg.encoder))  # an unknown encoder fails here, with suggestions, before Ray starts
+    wanted = cfg.class_weight_exponent is not None if frequencies is None else frequencies
+    meta, data = validate_data(cfg, frequencies=wanted)
+    if cfg.class_weights is not None and len(cfg.class_weights) != meta.num_classes:
+        raise ConfigError(f"class_weights has {len(cfg.class_weights)} values but the dataset has "
+                          f"{meta.num_classes} classes ({', '.join(meta.classes)})")
+    run_dir = storage.join(cfg.storage, cfg.name)
+    guard_run_name(run_dir, cfg, resume=resume, overwrite=overwrite)
+    return PreparedRun(cfg, run_dir, meta, data)
+
+
+def print_plan(prep: PreparedRun, workers: int, use_gpu: bool) -> None:
+    cfg, meta = prep.cfg, prep.meta
+    mode = "in-process (debug)" if workers == 0 else f"{workers} Ray Train worker(s)"
+    print(f"run        {cfg.name}  ->  {prep.run_dir}")
+    print(f"data       {cfg.data or 'synth'}: {prep.counts['train']} train / {prep.counts['val']} val, "
+          f"{meta.num_classes} classes ({', '.join(meta.classes)}), {meta.in_channels} channel(s), "
+          f"{meta.label_mode} labels")
+    schedule = f"decay {cfg.lr_decay:g}/epoch" if cfg.schedule == "exponential" else cfg.schedule
+    warmup = f", warm-up {cfg.warmup_steps} steps" if cfg.warmup_steps else ""
+    sampling = (f"{cfg.samples_per_epoch or prep.counts['train']} crops of {cfg.input_size[0]}x{cfg.input_size[1]} "
+                "per epoch at native resolution" if cfg.sampling == "patch"
+                else f"images letterboxed to {cfg.input_size[0]}x{cfg.input_size[1]}")
+    validation = (f"sliding {cfg.window[0]}x{cfg.window[1]} windows" if cfg.validation == "sliding"
+                  else "letterbox")
+    print(f"model      {cfg.encoder}, {sampling}; validation {validation} every {cfg.val_every} epoch(s)")
+    print(f"recipe     {cfg.optimizer} lr {cfg.lr:g} {schedule}{warmup}, loss {cfg.loss}, {cfg.epochs} epochs")
+    print(f"workers    {mode}, {cfg.cpus_per_worker} CPU(s) each{', GPU' if use_gpu else ''}; batch "
+          f"{cfg.batch_size} per worker = {cfg.batch_size * max(workers, 1)} global", flush=True)
+
+
+def resume_hint(cfg: TrainConfig) -> str:
+    return f"python launch.py train --name {cfg.name} --storage {cfg.storage} --resume"
