@@ -34,40 +34,14 @@ def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
     mode.add_argument("--overwrite", action="store_true", help="delete the run NAME and start again")
 
 
-def _add_training_flags(p: argparse.ArgumentParser) -> None:
+def _add_training_flags(p: argparse.ArgumentParser, command: str) -> None:
+    """--config, then every flag the config schema declares (segengine.config.flag), then plugins and run flags."""
+    from segengine.config import cli_flags
+
     p.add_argument("--config", default=None, metavar="FILE.yaml",
                    help="config file, or a shipped recipe by name (isbi, camvid, tutorial, default); flags override it")
-    p.add_argument("--encoder", default=None, help="encoder name (see `launch.py encoders`)")
-    p.add_argument("--data", default=None, metavar="DIR_OR_URI",
-                   help="dataset folder or URI; default: the built-in synthetic membranes (synth)")
-    p.add_argument("--input-size", nargs=2, type=int, default=None, metavar=("H", "W"))
-    p.add_argument("--batch-size", type=int, default=None, help="images per worker per step (not global)")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--lr-decay", type=float, default=None, help="exponential LR decay per epoch")
-    p.add_argument("--class-weights", nargs="+", type=float, default=None, metavar="W")
-    p.add_argument("--loss", choices=["ce", "dice", "focal", "ce+dice"], default=None)
-    p.add_argument("--freeze-epochs", type=int, default=None, help="train the decoder only for K epochs")
-    p.add_argument("--sampling", choices=["letterbox", "patch"], default=None,
-                   help="letterbox: whole images resized to --input-size (the tutorial); patch: random crops of "
-                        "--input-size at native resolution")
-    p.add_argument("--samples-per-epoch", type=int, default=None, help="patch sampling: crops per epoch (global)")
-    p.add_argument("--validation", choices=["letterbox", "sliding"], default=None,
-                   help="sliding: windows at native resolution, blended")
-    p.add_argument("--train-split", default=None, metavar="NAME_OR_FILE", help="split to train on (default train)")
-    p.add_argument("--val-split", default=None, metavar="NAME_OR_FILE", help="split to validate on (default val)")
-    p.add_argument("--val-every", type=int, default=None, metavar="K", help="validate every K epochs")
-    p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default=None)
-    p.add_argument("--schedule", choices=["exponential", "cosine", "poly"], default=None)
-    p.add_argument("--warmup-steps", type=int, default=None)
-    p.add_argument("--bn-momentum", type=float, default=None, help="BatchNorm momentum (PyTorch convention)")
-    p.add_argument("--patience", type=int, default=None, help="early stopping: epochs without improvement")
-    p.add_argument("--min-steps", type=int, default=None, help="early stopping never fires before these steps")
-    p.add_argument("--metric", default=None, help="metric for best checkpoint/early stopping (default val_miou)")
-    p.add_argument("--mode", choices=["max", "min"], default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--skip-bad", action="store_true", default=None,
-                   help="skip broken image/label pairs with a warning instead of refusing the dataset")
+    for option, kwargs in cli_flags(command):
+        p.add_argument(option, **kwargs)
     _add_plugin_flag(p)
     _add_cluster_flags(p)
 
@@ -115,13 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="data-parallel training on Ray Train",
         description="Train a UNet on Ray Train. --workers 0 runs in this process for debugging (checkpoints are "
                     "still written by the worker function; Ray's failure handling does not apply).")
-    _add_training_flags(p)
-    p.add_argument("--workers", type=int, default=None, help="Ray Train workers (0 = in-process debug mode)")
-    p.add_argument("--wait-for-resources", type=float, default=None, metavar="SECONDS",
-                   help="on an autoscaling cluster: wait this long for enough CPUs/GPUs instead of refusing at once")
+    _add_training_flags(p, "train")
 
-    p = sub.add_parser("tune", help="hyperparameter search on Ray Tune (the main job)")
-    _add_training_flags(p)
+    p = sub.add_parser("tune", help="hyperparameter search on Ray Tune (the main job)",
+                       description="Search on Ray Tune. The defaults shown are the schema's; the search file's "
+                                   "train: section (default: the shipped default.yaml) overrides them, and flags "
+                                   "override both.")
+    _add_training_flags(p, "tune")
     p.set_defaults(config=None)  # None = the shipped tune_configs/default.yaml
     p.add_argument("--samples", type=int, default=None, help="number of trials")
     p.add_argument("--workers-per-trial", type=int, default=None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
@@ -96,9 +97,13 @@ def load(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
                                   "use an earlier checkpoint")
         try:
             state = torch.load(state_file, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises several types for unreadable or unsafe pickles
-            raise CheckpointError(f"{path}: cannot load {STATE_FILE} safely ({type(exc).__name__}: "
-                                  f"{str(exc).splitlines()[0]})") from None
+        except pickle.UnpicklingError:  # torch's weights-only loader met a pickled object
+            raise CheckpointError(f"{path}: {STATE_FILE} holds pickled Python objects besides tensors and is refused: "
+                                  "loading them could run any code the file's author chose (unet-zoo checkpoints "
+                                  "hold tensors and plain containers only)") from None
+        except Exception as exc:  # unreadable: torch raises several types
+            raise CheckpointError(f"{path}: cannot load {STATE_FILE} ({type(exc).__name__}: "
+                                  f"{(str(exc).splitlines() or [''])[0]})") from None
         return state, manifest
     finally:
         if holder is not None:
@@ -146,6 +151,33 @@ def best_path(run_dir: str, metric: str, mode: str) -> str | None:
         return float("-inf") if v is None or v != v else sign * float(v)
 
     return max(paths, key=score)
+
+
+def locate(path: str) -> str:
+    """What a user may pass as a checkpoint: the folder, its `state.pt` or `manifest.json`, a run folder (its best
+    checkpoint by the run's metric) or a search folder (the best trial's, from `best.json`)."""
+    path = storage.resolve(str(path))
+    if path.rstrip("/").rsplit("/", 1)[-1] in (STATE_FILE, MANIFEST_FILE):
+        path = path.rstrip("/").rsplit("/", 1)[0]
+    if storage.exists(storage.join(path, MANIFEST_FILE)):
+        return path
+    best_json = storage.join(path, "best.json")
+    if storage.exists(best_json):
+        best = json.loads(storage.read_text(best_json)).get("checkpoint")
+        if best:
+            return best
+    if storage.exists(storage.join(path, "config.yaml")):
+        import yaml
+
+        saved = yaml.safe_load(storage.read_text(storage.join(path, "config.yaml"))) or {}
+        best = best_path(path, saved.get("metric", "val_miou"), saved.get("mode", "max"))
+        if best:
+            return best
+        raise CheckpointError(f"{path}: a run folder without a complete checkpoint yet")
+    if not storage.exists(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    raise CheckpointError(f"{path}: not a checkpoint (a folder with {MANIFEST_FILE}), its {STATE_FILE}, a run folder "
+                          "or a search folder")
 
 
 def build_model(path: str, plugin_refs: list[str] | None = None):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+import yaml
+
 import tune_configs
 from segengine.config import SEARCH_FILE_KEYS, ConfigError, TrainConfig, flag_overrides, load_yaml, merge_plugins
 
@@ -16,10 +18,30 @@ def config_file(ref: str | None) -> str:
     return found
 
 
+def saved_run_config(args: argparse.Namespace, command: str) -> dict:
+    """`--resume` without `--config`: the run's (or search's) saved config.yaml, which the flags given override."""
+    if not (getattr(args, "resume", False) and args.name):
+        return {}
+    from segengine import storage
+    from segengine.runprep import CONFIG_FILE
+
+    run_dir = storage.join(storage.resolve(args.storage or TrainConfig().storage), args.name)
+    saved = storage.join(run_dir, CONFIG_FILE)
+    if not storage.exists(saved):
+        return {}  # the run-name guard says there is nothing to resume
+    raw = yaml.safe_load(storage.read_text(saved)) or {}
+    if command == "tune":
+        search_file = storage.join(run_dir, "search.yaml")
+        search = (yaml.safe_load(storage.read_text(search_file)) or {}) if storage.exists(search_file) else {}
+        resources = {"workers_per_trial": raw.get("workers", 0), "cpus_per_worker": raw.get("cpus_per_worker", 1)}
+        raw = {"train": raw, **search, "resources": resources}
+    return raw
+
+
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """Config file first, then the flags the user gave; plugins from both are kept. A search file (the recipes in
     tune_configs/) trains with its `train:` section, so one file is both the recipe and its search."""
-    raw = load_yaml(config_file(args.config)) if args.config else {}
+    raw = load_yaml(config_file(args.config)) if args.config else saved_run_config(args, "train")
     if "train" in raw and set(raw) <= set(SEARCH_FILE_KEYS):
         raw = dict(raw["train"] or {})
     raw.update(flag_overrides(args))
@@ -37,7 +59,8 @@ def train(args: argparse.Namespace) -> int:
 def tune(args: argparse.Namespace) -> int:
     from segengine.tuning import load_settings, tune_run
 
-    config = config_file(args.config)
+    saved = saved_run_config(args, "tune") if not args.config else {}
+    config = saved or config_file(args.config)
     overrides = {k: v for k, v in flag_overrides(args).items() if k not in ("storage", "name", "address")}
     settings = load_settings(config, overrides, {"samples": args.samples,
                                                       "workers_per_trial": args.workers_per_trial,

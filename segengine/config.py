@@ -1,7 +1,10 @@
 """One typed training config for YAML files, CLI flags, Tune samples and worker functions.
 
 The same `TrainConfig` travels CLI -> driver -> Tune param space -> TorchTrainer `train_loop_config` -> worker, and
-is saved next to every run and inside every checkpoint manifest, so any result can be reproduced.
+is saved next to every run and inside every checkpoint manifest, so any result can be reproduced. The schema is a
+pydantic v2 dataclass in strict mode (96.7 for a pixel size, "1e-3" for a learning rate or a mapping in a list of
+names is refused naming the key); a field declared with `flag(...)` is also a CLI flag of `train` and `tune`, its
+help and default taken from here (`cli_flags`), so a new flag is declared once.
 """
 
 from __future__ import annotations
@@ -9,11 +12,18 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from pydantic import ConfigDict, Field, StrictFloat, StrictInt, ValidationError
+from pydantic.dataclasses import dataclass
+
+STRICT = ConfigDict(strict=True, extra="forbid")
+# YAML gives lists where the schema keeps pairs: the container is converted, its numbers stay strict.
+IntPair = Annotated[tuple[StrictInt, StrictInt], Field(strict=False)]
+FloatPair = Annotated[tuple[StrictFloat, StrictFloat], Field(strict=False)]
 
 SCHEMA_VERSION = 1
 LOSSES = ("ce", "dice", "focal", "ce+dice")
@@ -33,21 +43,30 @@ class ConfigError(ValueError):
     user_error = True
 
 
-@dataclass
+def flag(default: Any = dataclasses.MISSING, help: str = "", *, name: str | None = None,  # noqa: A002
+         choices: tuple[str, ...] | None = None, train_only: bool = False, factory: Any = dataclasses.MISSING):
+    """A config field that is also a CLI flag (`--name`, default: the key with dashes)."""
+    meta = {"help": help, "flag": name, "choices": choices, "train_only": train_only}
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(config=STRICT)
 class AugmentConfig:
     """Training augmentation. Letterbox sampling uses the tutorial's keys (defaults as in the tutorial): jitter,
     scale, flip, hue, sat, val, crop. Patch sampling uses zoom, flip, vflip, rot90, the elastic deformation of the
     U-Net paper, intensity changes, noise, blur and hue/sat/val (which do nothing on grey images)."""
 
     jitter: float = 0.3
-    scale: tuple[float, float] = (0.25, 2.0)
+    scale: FloatPair = (0.25, 2.0)
     flip: float = 0.5
     hue: float = 0.1
     sat: float = 1.5
     val: float = 1.5
     crop: bool = False
     # patch sampling only
-    zoom: tuple[float, float] = (1.0, 1.0)
+    zoom: FloatPair = (1.0, 1.0)
     vflip: float = 0.0
     rot90: bool = False
     elastic: float = 0.0
@@ -55,66 +74,77 @@ class AugmentConfig:
     elastic_std: float = 10.0
     brightness: float = 0.0
     contrast: float = 0.0
-    gamma: tuple[float, float] = (1.0, 1.0)
+    gamma: FloatPair = (1.0, 1.0)
     noise: float = 0.0
     noise_std: float = 8.0
     blur: float = 0.0
-    blur_sigma: tuple[float, float] = (0.5, 1.5)
+    blur_sigma: FloatPair = (0.5, 1.5)
 
 
-@dataclass
+@dataclass(config=STRICT)
 class TrainConfig:
     """Everything one training run needs; every field is a YAML key and most are CLI flags."""
 
     schema_version: int = SCHEMA_VERSION
     # model
-    encoder: str = "mini"
+    encoder: str = flag("mini", "encoder name (see `launch.py encoders`)")
     encoder_kwargs: dict = field(default_factory=dict)
-    weights: str | None = None
+    weights: str | None = flag(None, "initial weights: a pretrained tag of the encoder (e.g. imagenet, downloaded by "
+                               "its library) or a local .pt/.pth/.safetensors/.h5 file; default: random init")
     plugins: list[str] = field(default_factory=list)
     # data
-    data: str | None = None
-    input_size: tuple[int, int] = (128, 128)  # the network input: letterbox size, or the patch (crop) size
-    sampling: str = "letterbox"  # letterbox: whole images resized (the tutorial); patch: crops at native size
-    samples_per_epoch: int | None = None  # patch sampling: crops per epoch over all workers (None: dataset size)
+    data: str | None = flag(None, "dataset folder or URI; default: the built-in synthetic membranes (synth)")
+    input_size: IntPair = flag((128, 128), "the network input: letterbox size, or the patch (crop) size")
+    sampling: str = flag("letterbox", "letterbox: whole images resized to --input-size (the tutorial); patch: "
+                         "random crops of --input-size at native resolution", choices=SAMPLINGS)
+    samples_per_epoch: int | None = flag(None, "patch sampling: crops per epoch over all workers (default: the "
+                                         "number of training images)")
     class_aware: float = 0.0  # patch sampling: probability that a crop is centred on a pixel of a random class
-    validation: str = "letterbox"  # letterbox at input_size, or sliding windows at native resolution
-    val_window: tuple[int, int] | None = None  # sliding validation window (None: input_size)
+    validation: str = flag("letterbox", "letterbox at --input-size, or sliding windows at native resolution, "
+                           "blended", choices=VALIDATIONS)
+    val_window: IntPair | None = None  # sliding validation window (None: input_size)
     val_overlap: float = 0.25
-    val_every: int = 1  # validate every K epochs (and always at the last one)
-    num_classes: int | None = None
-    label_mode: str | None = None
-    threshold: int | None = None
-    ignore_index: int | None = None
+    val_every: int = flag(1, "validate every K epochs (and always at the last one)")
+    num_classes: int | None = flag(None, "classes of an index-mode dataset (default: dataset.yaml, else inferred)")
+    label_mode: str | None = flag(None, "how label files encode classes: index (pixel = class id) or threshold "
+                                  "(binary masks); default: dataset.yaml, else inferred",
+                                  choices=("index", "threshold"))
+    threshold: int | None = flag(None, "threshold mode: the grey level that separates the two classes "
+                                 "(default: dataset.yaml, else 127)")
+    ignore_index: int | None = flag(None, "index mode: the label value that losses and metrics skip (default: "
+                                    "dataset.yaml, else 255)")
     val_fraction: float = 0.2
-    train_split: str = "train"  # a split name or a file listing names (e.g. a held-out part of train)
-    val_split: str = "val"
-    skip_bad: bool = False
+    train_split: str = flag("train", "split to train on: a name or a file listing names (e.g. a held-out part "
+                            "of train)")
+    val_split: str = flag("val", "split to validate on: a name or a file listing names")
+    skip_bad: bool = flag(False, "skip broken image/label pairs with a warning instead of refusing the dataset")
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # recipe
-    epochs: int = 20
-    batch_size: int = 4
-    optimizer: str = "adam"
-    lr: float = 1e-4
-    schedule: str = "exponential"  # exponential: lr * lr_decay^epoch (the tutorial); cosine / poly: per step
-    lr_decay: float = 0.96
+    epochs: int = flag(20, "epochs to train")
+    batch_size: int = flag(4, "images per worker per step (not global)")
+    optimizer: str = flag("adam", "optimizer", choices=OPTIMIZERS)
+    lr: float = flag(1e-4, "learning rate (peak, after warm-up)")
+    schedule: str = flag("exponential", "exponential: lr * lr_decay^epoch (the tutorial); cosine / poly: per step",
+                         choices=SCHEDULES)
+    lr_decay: float = flag(0.96, "exponential LR decay per epoch")
     poly_power: float = 0.9
-    warmup_steps: int = 0  # linear warm-up from 0 over the first steps
+    warmup_steps: int = flag(0, "linear warm-up from 0 over the first optimizer steps")
     min_lr_ratio: float = 0.0  # cosine / poly end at lr * min_lr_ratio
     weight_decay: float = 0.0
     momentum: float = 0.9  # SGD only
-    bn_momentum: float | None = 0.1  # PyTorch's; null keeps the model's own (Keras' 0.01 in the ports)
-    class_weights: list[float] | None = None
+    bn_momentum: float | None = flag(0.1, "BatchNorm momentum (PyTorch convention; null in a file keeps the "
+                                     "model's own, Keras' 0.01 in the ports)")
+    class_weights: list[float] | None = flag(None, "one loss weight per class")
     class_weight_exponent: float | None = None  # weights ~ class frequency^-a from the training labels
-    loss: str = "ce"
-    freeze_epochs: int = 0
-    metric: str = "val_miou"
-    mode: str = "max"
-    patience: int = 10
-    min_steps: int = 500  # early stopping cannot fire before this many optimizer steps
-    seed: int = 0
+    loss: str = flag("ce", "loss", choices=LOSSES)
+    freeze_epochs: int = flag(0, "train the decoder only for K epochs")
+    metric: str = flag("val_miou", "metric for the best checkpoint and early stopping")
+    mode: str = flag("max", "whether the metric is better high or low", choices=MODES)
+    patience: int = flag(10, "early stopping: epochs without improvement")
+    min_steps: int = flag(500, "early stopping never fires before this many optimizer steps")
+    seed: int = flag(0, "seed of everything random (batches, crops, initialisation)")
     # resources
-    workers: int = 1
+    workers: int = flag(1, "Ray Train workers (0 = in-process debug mode)", train_only=True)
     cpus_per_worker: int = 1
     loader_workers: int | None = None
     use_gpu: str = "auto"
@@ -122,7 +152,8 @@ class TrainConfig:
     channels_last: bool = True
     sync_bn: bool = False
     max_failures: int = 2
-    resource_wait_s: float = 0.0  # > 0: on an autoscaling cluster, wait this long for resources, then refuse
+    resource_wait_s: float = flag(0.0, "on an autoscaling cluster: wait this long (seconds) for enough CPUs/GPUs "
+                                  "instead of refusing at once", name="wait-for-resources", train_only=True)
     keep_checkpoints: int = 2
     # run
     storage: str = "runs"
@@ -165,55 +196,37 @@ def _build(cls, raw: Mapping[str, Any], where: str):
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: expected a mapping of keys to values, got {type(raw).__name__}")
     reject_unknown_keys(raw, _allowed(cls), where)
-    values = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in raw:
-            continue
-        values[f.name] = _coerce(f.name, raw[f.name], str(f.type), where)
-    obj = cls(**values)
+    values = dict(raw)
+    if cls is TrainConfig and values.get("augment") is not None:
+        values["augment"] = _build(AugmentConfig, values["augment"], f"{where}.augment")
+    try:
+        obj = cls(**values)
+    except ValidationError as exc:
+        raise ConfigError(_first_error(cls, exc, values, where)) from None
     _validate(obj, where)
     return obj
 
 
-def _coerce(key: str, value: Any, type_name: str, where: str) -> Any:
-    """Check a YAML/CLI value against the field's declared type; ints are accepted where floats are."""
-    optional = "None" in type_name
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"{where}: '{key}' must not be empty")
-    base = type_name.replace(" | None", "")
-    if base == "AugmentConfig":
-        return _build(AugmentConfig, value, f"{where}.{key}")
-    checks = {
-        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-        "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-        "str": lambda v: isinstance(v, str),
-        "bool": lambda v: isinstance(v, bool),
-        "dict": lambda v: isinstance(v, Mapping),
-    }
-    if base in checks:
-        if not checks[base](value):
-            raise ConfigError(f"{where}: '{key}' must be {base}, got {value!r}")
-        return float(value) if base == "float" else value
-    if base.startswith("tuple[int, int]") or base.startswith("tuple[float, float]"):
-        if "int" in base and isinstance(value, (list, tuple)) and any(
-                isinstance(v, float) and not v.is_integer() for v in value):
-            raise ConfigError(f"{where}: '{key}' must be two integers, got {value!r}")
-        elem = int if "int" in base else float
-        if not isinstance(value, (list, tuple)) or len(value) != 2 or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-            raise ConfigError(f"{where}: '{key}' must be two numbers, got {value!r}")
-        return tuple(elem(v) for v in value)
-    if base.startswith("list["):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: '{key}' must be a list, got {value!r}")
-        if "float" in base:
-            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-                raise ConfigError(f"{where}: '{key}' must be a list of numbers, got {value!r}")
-            return [float(v) for v in value]
-        return [str(v) for v in value]
-    raise AssertionError(f"unhandled config type {type_name} for {key}")
+_EXPECTED = {"int_type": "int", "int_from_float": "int", "int_parsing": "int", "float_type": "float",
+             "float_parsing": "float", "string_type": "str", "bool_type": "bool", "dict_type": "a mapping",
+             "list_type": "a list", "none_required": "null"}
+
+
+def _first_error(cls, exc: ValidationError, values: Mapping[str, Any], where: str) -> str:
+    """One line naming the key, what it must be and the value given (from pydantic's first error)."""
+    err = exc.errors()[0]
+    key = str(err["loc"][0]) if err["loc"] else "?"
+    given = values.get(key, err.get("input"))
+    if given is None:
+        return f"{where}: '{key}' must not be empty"
+    kind = next((str(f.type) for f in dataclasses.fields(cls) if f.name == key), "")
+    if "Pair" in kind:
+        what = "two integers" if "Int" in kind else "two numbers"
+    elif kind.startswith("list["):
+        what = "a list of numbers" if "float" in kind else "a list of names"
+    else:
+        what = _EXPECTED.get(err["type"], err["msg"].lower())
+    return f"{where}: '{key}' must be {what}, got {given!r}"
 
 
 def _validate(obj: Any, where: str) -> None:
@@ -297,24 +310,45 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-# CLI flag (argparse dest) -> config key; flags left at None do not override the file.
-FLAG_KEYS = {
-    "encoder": "encoder", "data": "data", "input_size": "input_size", "batch_size": "batch_size",
-    "epochs": "epochs", "lr": "lr", "lr_decay": "lr_decay", "class_weights": "class_weights", "loss": "loss",
-    "freeze_epochs": "freeze_epochs", "metric": "metric", "mode": "mode", "seed": "seed", "workers": "workers",
-    "sampling": "sampling", "samples_per_epoch": "samples_per_epoch", "validation": "validation",
-    "val_every": "val_every", "schedule": "schedule", "optimizer": "optimizer", "warmup_steps": "warmup_steps",
-    "bn_momentum": "bn_momentum", "min_steps": "min_steps", "patience": "patience",
-    "train_split": "train_split", "val_split": "val_split",
-    "skip_bad": "skip_bad", "wait_for_resources": "resource_wait_s", "storage": "storage", "name": "name",
-    "address": "address",
-}
+def cli_flags(command: str) -> list[tuple[str, dict[str, Any]]]:
+    """argparse arguments of the `train` / `tune` flags declared with `flag(...)`: (option, keywords), with the
+    schema's type, choices and default in the help. dest is the config key; a flag left out stays None and does
+    not override the file."""
+    out = []
+    for f in dataclasses.fields(TrainConfig):
+        if "help" not in f.metadata or (f.metadata["train_only"] and command != "train"):
+            continue
+        kind = str(f.type)
+        default = f.default if f.default is not dataclasses.MISSING else None
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        text = f.metadata["help"]
+        if default is not None and kind != "bool" and "default" not in text:
+            text += f" (default: {shown})"
+        option = f.metadata["flag"] or f.name.replace("_", "-")
+        kw: dict[str, Any] = {"dest": f.name, "default": None, "help": text}
+        if kind == "bool":
+            kw["action"] = "store_true"
+        elif "Pair" in kind:
+            kw.update(nargs=2, type=int if "Int" in kind else float, metavar=("H", "W"))
+        elif kind.startswith("list[float]"):
+            kw.update(nargs="+", type=float, metavar="W")
+        else:
+            kw["type"] = int if kind.startswith("int") else float if kind.startswith("float") else str
+            kw["metavar"] = option.replace("-", "_").upper()
+        if f.metadata["choices"]:
+            kw["choices"] = list(f.metadata["choices"])
+            kw.pop("metavar", None)
+        out.append((f"--{option}", kw))
+    return out
+
+
+RUN_FLAGS = ("storage", "name", "address")  # cluster flags of train and tune, declared with the run options
 
 
 def flag_overrides(args: Any) -> dict[str, Any]:
     """The config keys that CLI flags set explicitly (plugins are appended, not replaced)."""
-    out = {key: getattr(args, dest) for dest, key in FLAG_KEYS.items()
-           if getattr(args, dest, None) is not None}
+    keys = [f.name for f in dataclasses.fields(TrainConfig) if "help" in f.metadata] + list(RUN_FLAGS)
+    out = {key: getattr(args, key) for key in keys if getattr(args, key, None) is not None}
     if "input_size" in out:
         out["input_size"] = list(out["input_size"])
     return out

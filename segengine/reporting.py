@@ -6,7 +6,8 @@ trial and the in-process debug mode.
 - `LocalReporter`: Train's local mode ignores storage and checkpoint settings, so the worker writes checkpoints into
   the run folder itself (atomically) and finds the latest one there when resuming.
 - `TuneReporter`: a one-worker trial run in-process inside a Tune trial (`ray.train.report` raises there in 2.60):
-  local checkpoints as above, plus `ray.tune.report` with the checkpoint's path as a metric.
+  `ray.tune.report` with a `tune.Checkpoint`; Tune persists it into the trial folder, keeps the best by the metric
+  (its `CheckpointConfig`) and hands one back after a driver restart or when PBT exploits another trial.
 """
 
 from __future__ import annotations
@@ -83,14 +84,30 @@ class LocalReporter(Reporter):
 
 
 class TuneReporter(Reporter):
-    """An in-process Tune trial."""
+    """An in-process Tune trial; Tune owns its checkpoints."""
+
+    @contextmanager
+    def restored(self):
+        from ray import tune
+
+        ckpt = tune.get_checkpoint()
+        if ckpt is None:
+            yield None
+            return
+        with ckpt.as_directory() as path:
+            yield path
 
     def report(self, metrics, state, manifest, epoch, persisted):
         from ray import tune
 
-        path = self._store(state, manifest, epoch)
-        persisted(path)
-        tune.report({**metrics, "checkpoint_path": path or ""})
+        # the run folder shows the epoch first: Tune may end the trial inside report (ASHA, PBT)
+        persisted(None)
+        if state is None:
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="unet-zoo-ckpt-") as tmp:
+            folder = checkpoint.write(Path(tmp) / "c", state, manifest)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)))
 
 
 class RayTrainReporter(Reporter):

@@ -3,10 +3,11 @@
 Ray 2.60 pattern: Tune runs a driver function per trial. With `workers_per_trial: 0` the trial runs the worker
 function in-process (reporting through `ray.tune.report`; cheapest start-up, the laptop default); with N >= 1 the
 trial builds and fits a TorchTrainer whose metrics reach Tune through `TuneReportCallback`. Either way the same
-`train_func` trains, metrics reach Tune every epoch so ASHA can stop trials, and the checkpoint path travels as the
-reported metric `checkpoint_path`. The param space holds what is searched: the training config as one nested entry
-(`train`) and the sampled per-class weights (`class_weights`); constants (the validated data, the trials folder)
-reach the trials through `tune.with_parameters`.
+`train_func` trains and metrics reach Tune every epoch (ASHA stops trials, PBT exploits them). In-process trials
+report `tune.Checkpoint`s that Tune keeps (`CheckpointConfig`) and restores; a TorchTrainer keeps its own and its
+path travels as the metric `checkpoint_path`. Results come from Tune's `ResultGrid`. The param space holds what is
+searched: the training config as one nested entry (`train`) and the sampled per-class weights (`class_weights`);
+constants (the validated data, the search folder) reach the trials through `tune.with_parameters`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import csv
 import io
 import json
 import math
+import re
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -23,15 +25,21 @@ from typing import Any
 import yaml
 
 import segdata
-from segengine import checkpoint, storage
+from segengine import storage
 from segengine.cluster import alive_node_ips, check_storage_for_cluster, redact
 from segengine.config import SEARCH_FILE_KEYS, ConfigError, TrainConfig, load_yaml, reject_unknown_keys
 from segengine.runprep import RunError, prepare, save_config
 
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "grid", "randint")
 SEARCHERS = ("optuna", "random", "hyperopt")
-SCHEDULERS = ("asha", "fifo")
+SCHEDULERS = ("asha", "fifo", "pbt")
+SCHEDULER_KEYS = {"asha": ["grace_period", "reduction_factor", "max_epochs"], "fifo": ["max_epochs"],
+                  "pbt": ["perturbation_interval", "quantile_fraction", "resample_probability", "max_epochs"]}
+# What Population Based Training may change in a running trial: values the worker reapplies to the optimizer and
+# the loss after restoring another trial's checkpoint (the model's shape and the data pipeline stay fixed).
+PBT_MUTABLE = ("lr", "lr_decay", "weight_decay", "momentum", "class_weight_exponent")
 EXPONENT_KEY = "class_weight_exponent"  # a training key; the driver measures the class frequencies once
+TRAIN_BACKED_FOLDER = "trials"  # where Train-backed trials' TorchTrainers keep their runs
 WEIGHT_LABEL = "class_weight_"  # + class index: the column of one sampled per-class weight in results.csv
 
 
@@ -87,9 +95,10 @@ def parse_settings(raw: dict[str, Any], where: str) -> TuneSettings:
     if "inverse_frequency_exponent" in cw:
         _check_range(where, "class_weights.inverse_frequency_exponent", "uniform", cw["inverse_frequency_exponent"])
     sched = dict(raw.get("scheduler") or {"type": "asha"})
-    reject_unknown_keys(sched, ["type", "grace_period", "reduction_factor", "max_epochs"], f"{where}: scheduler")
-    if sched.get("type", "asha") not in SCHEDULERS:
+    kind = sched.get("type", "asha")
+    if kind not in SCHEDULERS:
         raise ConfigError(f"{where}: scheduler.type must be one of {', '.join(SCHEDULERS)}")
+    reject_unknown_keys(sched, ["type", *SCHEDULER_KEYS[kind]], f"{where}: scheduler ({kind})")
     searcher = dict(raw.get("searcher") or {"type": "optuna"})
     reject_unknown_keys(searcher, ["type", "n_startup", "seed"], f"{where}: searcher")
     if searcher.get("type", "optuna") not in SEARCHERS:
@@ -107,13 +116,35 @@ def parse_settings(raw: dict[str, Any], where: str) -> TuneSettings:
     wpt, cpw = res.get("workers_per_trial", 0), res.get("cpus_per_worker", 1)
     if not isinstance(wpt, int) or wpt < 0 or not isinstance(cpw, int) or cpw < 1:
         raise ConfigError(f"{where}: resources need workers_per_trial >= 0 and cpus_per_worker >= 1")
+    if kind == "pbt":
+        _check_pbt(where, search, cw, searcher, wpt)
     return TuneSettings(train=train, search=search, class_weights=cw, scheduler=sched, searcher=searcher,
                         samples=samples, workers_per_trial=wpt, cpus_per_worker=cpw, max_concurrent=mc)
 
 
-def load_settings(path: str | None, overrides: dict[str, Any], extra: dict[str, Any]) -> TuneSettings:
-    """The search file, then CLI flags: training flags override `train:`, tune flags their own keys."""
-    raw = load_yaml(path) if path else {}
+def _check_pbt(where: str, search: dict, cw: dict, searcher: dict, workers_per_trial: int) -> None:
+    """PBT samples the first configs itself, exploits Tune checkpoints (in-process trials report them) and mutates
+    only what a restored trial can take over."""
+    if searcher.get("type", "optuna") != "random":
+        raise ConfigError(f"{where}: scheduler.type pbt samples and mutates configs itself; set searcher.type: random")
+    if workers_per_trial:
+        raise ConfigError(f"{where}: scheduler.type pbt needs in-process trials (resources.workers_per_trial: 0): "
+                          "only those report checkpoints Tune can hand to another trial")
+    fixed = sorted(set(search) - set(PBT_MUTABLE))
+    if fixed:
+        raise ConfigError(f"{where}: scheduler.type pbt cannot change search.{fixed[0]} inside a running trial; "
+                          f"search only {', '.join(PBT_MUTABLE)} and class weights")
+    if not (set(search) & set(PBT_MUTABLE) or cw.get("per_class") or "inverse_frequency_exponent" in cw):
+        raise ConfigError(f"{where}: scheduler.type pbt needs something to mutate: search one of "
+                          f"{', '.join(PBT_MUTABLE)} or class_weights.per_class")
+
+
+def load_settings(path: str | dict[str, Any] | None, overrides: dict[str, Any], extra: dict[str, Any]
+                  ) -> TuneSettings:
+    """The search file (or its contents, e.g. a resumed search's saved settings), then CLI flags: training flags
+    override `train:`, tune flags their own keys."""
+    raw = dict(path) if isinstance(path, dict) else load_yaml(path) if path else {}
+    path = "saved search settings" if isinstance(path, dict) else path
     raw = {**raw, "train": {**(raw.get("train") or {}), **overrides}}
     for key, value in extra.items():
         if value is None:
@@ -130,15 +161,19 @@ def load_settings(path: str | None, overrides: dict[str, Any], extra: dict[str, 
 
 def trial_train_config(config: dict[str, Any], num_classes: int) -> TrainConfig:
     """A trial's full TrainConfig: its `train` entry, with the sampled per-class weights (if any) as class_weights."""
-    tc = dict(config["train"])
+    # searchers may sample numpy scalars; the schema takes Python numbers only
+    tc = {k: v.item() if hasattr(v, "item") and not isinstance(v, (list, dict)) else v
+          for k, v in config["train"].items()}
     sampled = {int(k): float(v) for k, v in (config.get("class_weights") or {}).items()}
     if sampled:
         tc["class_weights"] = [sampled.get(i, 1.0) for i in range(num_classes)]
     return TrainConfig.from_dict(tc, where="trial config")
 
 
-def trial_func(config: dict[str, Any], *, data: dict[str, Any], trials_root: str, use_gpu: bool) -> None:
-    """Tune's driver function for one trial (constants bound with `tune.with_parameters`)."""
+def trial_func(config: dict[str, Any], *, data: dict[str, Any], tune_dir: str, use_gpu: bool) -> None:
+    """Tune's driver function for one trial (constants bound with `tune.with_parameters`). An in-process trial
+    writes its run folder into Tune's trial folder, next to the checkpoints Tune keeps; a Train-backed trial's
+    TorchTrainer keeps its run (and its checkpoints) under `trials/<trial id>`."""
     from ray import tune
 
     from segengine.ray_adapter import make_trainer
@@ -146,15 +181,16 @@ def trial_func(config: dict[str, Any], *, data: dict[str, Any], trials_root: str
 
     cfg = trial_train_config(config, len(data["meta"]["classes"]))
     trial_id = tune.get_context().get_trial_id()
-    run = {"run_dir": storage.join(trials_root, trial_id), "verbose": False}
     if cfg.workers == 0:
-        train_func({"train": cfg.to_dict(), "data": data, "run": {**run, "reporter": "tune"}})
+        run = {"run_dir": storage.join(tune_dir, trial_id), "verbose": False, "reporter": "tune"}
+        train_func({"train": cfg.to_dict(), "data": data, "run": run})
         return
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    trainer = make_trainer(train_func, {"train": cfg.to_dict(), "data": data, "run": {**run, "reporter": "train"}},
-                           cfg, storage_path=trials_root, name=trial_id, use_gpu=use_gpu,
-                           callbacks=[TuneReportCallback()])
+    trials_root = storage.join(tune_dir, TRAIN_BACKED_FOLDER)
+    run = {"run_dir": storage.join(trials_root, trial_id), "verbose": False, "reporter": "train"}
+    trainer = make_trainer(train_func, {"train": cfg.to_dict(), "data": data, "run": run}, cfg,
+                           storage_path=trials_root, name=trial_id, use_gpu=use_gpu, callbacks=[TuneReportCallback()])
     trainer.fit()
 
 
@@ -193,18 +229,51 @@ def param_space(settings: TuneSettings, cfg: TrainConfig, meta: segdata.DatasetM
     return {"train": train, "class_weights": _class_weight_space(settings, meta)}
 
 
-def searched_columns(space: dict[str, Any]) -> dict[str, tuple[str, str]]:
-    """results.csv column -> (entry, key) of every sampled value: `lr`, `class_weight_exponent`, `class_weight_1`."""
+def searched_train(space: dict[str, Any]) -> list[str]:
+    """Training keys the space samples (distributions or grids)."""
     from ray.tune.search.sample import Domain
 
-    columns = {key: ("train", key) for key, value in space["train"].items()
-               if isinstance(value, Domain) or (isinstance(value, dict) and "grid_search" in value)}
+    return [key for key, value in space["train"].items()
+            if isinstance(value, Domain) or (isinstance(value, dict) and "grid_search" in value)]
+
+
+def searched_columns(space: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """results.csv column -> (entry, key) of every sampled value: `lr`, `class_weight_exponent`, `class_weight_1`."""
+    columns = {key: ("train", key) for key in searched_train(space)}
     columns.update({f"{WEIGHT_LABEL}{idx}": ("class_weights", idx) for idx in space["class_weights"]})
     return columns
 
 
 def _value(config: dict[str, Any], where: tuple[str, str]) -> Any:
     return (config.get(where[0]) or {}).get(where[1])
+
+
+def make_scheduler(settings: TuneSettings, space: dict[str, Any], max_epochs: int):
+    """ASHA (stops weak trials at rungs), FIFO, or PBT (weak trials continue from a strong trial's checkpoint with
+    mutated lr / decay / class weights, every `perturbation_interval` epochs)."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+
+    sched = settings.scheduler
+    kind = sched.get("type", "asha")
+    if kind == "asha":
+        grace = sched.get("grace_period", 1)
+        if grace > max_epochs:
+            print(f"note: ASHA grace_period {grace} exceeds the {max_epochs} epochs; using {max_epochs}")
+        return ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=min(grace, max_epochs),
+                             reduction_factor=sched.get("reduction_factor", 3))
+    if kind == "fifo":
+        return FIFOScheduler()
+    searched = searched_train(space)
+    def mutation(value: Any) -> Any:  # a grid mutates to one of its values
+        return list(value["grid_search"]) if isinstance(value, dict) else value
+
+    mutations = {"train": {k: mutation(space["train"][k]) for k in searched if k in PBT_MUTABLE},
+                 "class_weights": dict(space["class_weights"])}
+    return PopulationBasedTraining(
+        time_attr="epoch", perturbation_interval=sched.get("perturbation_interval", 2),
+        quantile_fraction=sched.get("quantile_fraction", 0.25),
+        resample_probability=sched.get("resample_probability", 0.25),
+        hyperparam_mutations={k: v for k, v in mutations.items() if v})
 
 
 def plan_concurrency(settings: TuneSettings, capacity: dict[str, float], use_gpu: bool) -> tuple[dict, int]:
@@ -225,7 +294,13 @@ def plan_concurrency(settings: TuneSettings, capacity: dict[str, float], use_gpu
     if use_gpu:
         fit = min(fit, int(capacity["GPU"] // max(wpt, 1)))
     wanted = settings.max_concurrent or fit
-    return resources, max(1, min(wanted, fit, settings.samples))
+    return resources, max(1, min(wanted, fit, trial_count(settings)))
+
+
+def trial_count(settings: TuneSettings) -> int:
+    """Tune runs `samples` trials per combination of grid values."""
+    return settings.samples * math.prod(len(a) for spec in settings.search.values() for d, a in spec.items()
+                                        if d == "grid")
 
 
 def _searcher(settings: TuneSettings, metric: str, mode: str, concurrent: int):
@@ -294,7 +369,6 @@ def tune_run(settings: TuneSettings, *, name: str | None, storage_root: str, add
              resume: bool, overwrite: bool) -> dict[str, Any]:
     """Run (or resume) a search; returns the results rows, the best row and paths."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from segengine import ray_adapter
 
@@ -318,14 +392,7 @@ def tune_run(settings: TuneSettings, *, name: str | None, storage_root: str, add
                 sort_keys=False).encode())
         space = param_space(settings, cfg, meta)
         max_epochs = min(settings.scheduler.get("max_epochs", cfg.epochs), cfg.epochs)
-        if settings.scheduler.get("type", "asha") == "asha":
-            grace = settings.scheduler.get("grace_period", 1)
-            if grace > max_epochs:
-                print(f"note: ASHA grace_period {grace} exceeds the {max_epochs} epochs; using {max_epochs}")
-            scheduler = ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=min(grace, max_epochs),
-                                      reduction_factor=settings.scheduler.get("reduction_factor", 3))
-        else:
-            scheduler = FIFOScheduler()
+        scheduler = make_scheduler(settings, space, max_epochs)
         searched = searched_columns(space)
         print(f"search     {tune_dir}")
         print(f"trials     {settings.samples} sample(s) of {', '.join(searched) or 'nothing'}; "
@@ -337,10 +404,14 @@ def tune_run(settings: TuneSettings, *, name: str | None, storage_root: str, add
               f"{ray_adapter.cluster_capacity()['CPU']:g} CPUs", flush=True)
         progress = ProgressLines(metric, searched)
         trainable = tune.with_resources(tune.with_parameters(
-            trial_func, data=prep.data, trials_root=storage.join(tune_dir, "trials"), use_gpu=use_gpu), resources)
+            trial_func, data=prep.data, tune_dir=tune_dir, use_gpu=use_gpu), resources)
         fs_args = ray_adapter.storage_args(cfg.storage)
-        run_config = tune.RunConfig(name=cfg.name, callbacks=[progress.callback], verbose=0,
-                                    failure_config=tune.FailureConfig(max_failures=0), **fs_args)
+        # PBT hands a trial's checkpoint to others some time after it was reported: keep a few more
+        keep = max(cfg.keep_checkpoints, 3) if settings.scheduler.get("type") == "pbt" else cfg.keep_checkpoints
+        run_config = tune.RunConfig(
+            name=cfg.name, callbacks=[progress.callback], verbose=0, failure_config=tune.FailureConfig(max_failures=0),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=keep, checkpoint_score_attribute=metric,
+                                                    checkpoint_score_order=mode), **fs_args)
         exp_path = storage.join(cfg.storage, cfg.name)
         if resume and tune.Tuner.can_restore(exp_path if storage.is_uri(exp_path) else exp_path):
             tuner = tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=True,
@@ -357,12 +428,40 @@ def tune_run(settings: TuneSettings, *, name: str | None, storage_root: str, add
         except KeyboardInterrupt:
             grid = tune.Tuner.restore(exp_path, trainable).get_results()
         interrupted = grid.num_terminated + grid.num_errors < len(grid)
-        return finish(grid, cfg, meta.num_classes, tune_dir, searched, max_epochs, interrupted)
+        return finish(grid, cfg, meta.num_classes, tune_dir, searched, max_epochs, interrupted,
+                      pbt=settings.scheduler.get("type") == "pbt")
+
+
+def _best_checkpoint(result, metric: str, mode: str) -> str | None:
+    """The trial's best checkpoint: Tune's own (in-process trials), else the `checkpoint_path` a Train-backed trial
+    reported with its best epoch (its TorchTrainer keeps the best ones)."""
+    if result.best_checkpoints:
+        best = result.get_best_checkpoint(metric, mode)
+        return best.path if best is not None else None
+    df = result.metrics_dataframe
+    if df is None or metric not in df.columns or "checkpoint_path" not in df.columns or df[metric].isna().all():
+        return None
+    row = df[metric].idxmax() if mode == "max" else df[metric].idxmin()
+    return str(df.loc[row, "checkpoint_path"]) or None
+
+
+def _best_trial(grid, metric: str, mode: str) -> str | None:
+    try:
+        best = grid.get_best_result(metric=metric, mode=mode, scope="all", filter_nan_and_inf=True)
+    except RuntimeError:  # no trial reported the metric
+        return None
+    return best.path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def exploit_count(tune_dir: str) -> int:
+    """How often PBT made a trial continue from another's checkpoint (Tune logs each in pbt_global.txt)."""
+    path = storage.join(tune_dir, "pbt_global.txt")
+    return len(storage.read_text(path).splitlines()) if storage.exists(path) else 0
 
 
 def finish(grid, cfg: TrainConfig, num_classes: int, tune_dir: str, searched: dict[str, tuple[str, str]],
-           max_epochs: int, interrupted: bool) -> dict[str, Any]:
-    """Results table (printed + CSV), best.yaml, curves plot, pruning of stopped trials' checkpoints."""
+           max_epochs: int, interrupted: bool, pbt: bool = False) -> dict[str, Any]:
+    """Results table (printed + CSV) from Tune's ResultGrid, best.yaml, curves plot."""
     metric, mode = cfg.metric, cfg.mode
     sign = 1 if mode == "max" else -1
     rows, curves = [], {}
@@ -375,7 +474,8 @@ def finish(grid, cfg: TrainConfig, num_classes: int, tune_dir: str, searched: di
         curves[trial_id] = (epochs, values)
         finite = [v for v in values if v == v]
         best_value = (max(finite) if mode == "max" else min(finite)) if finite else float("nan")
-        run_dir = storage.join(tune_dir, "trials", trial_id)
+        run_dir = (storage.join(tune_dir, trial_id) if cfg.workers == 0
+                   else storage.join(tune_dir, TRAIN_BACKED_FOLDER, trial_id))
         status = "error" if result.error else ("stopped" if len(epochs) and max(epochs) < max_epochs and
                                                  len(epochs) < max_epochs else "finished")
         if result.error is not None and not epochs:
@@ -386,13 +486,13 @@ def finish(grid, cfg: TrainConfig, num_classes: int, tune_dir: str, searched: di
         rows.append({"trial": trial_id, **sampled, "startup_s": startup,
                      f"best_{metric}": best_value, "epochs": int(max(epochs)) if epochs else 0, "status": status,
                      "error": str(result.error).splitlines()[-1][:200] if result.error else "",
-                     "run_dir": run_dir, "_config": result.config})
+                     "run_dir": run_dir, "checkpoint": _best_checkpoint(result, metric, mode),
+                     "_config": result.config})
     rows.sort(key=lambda r: (-sign * r[f"best_{metric}"]) if r[f"best_{metric}"] == r[f"best_{metric}"] else math.inf)
-    best = next((r for r in rows if r[f"best_{metric}"] == r[f"best_{metric}"]), None)
-    for r in rows:
-        if r["status"] == "stopped":
-            checkpoint.prune(r["run_dir"], 1, metric, mode)
-    best_ckpt = checkpoint.best_path(best["run_dir"], metric, mode) if best else None
+    best_id = _best_trial(grid, metric, mode)
+    best = next((r for r in rows if r["trial"] == best_id and math.isfinite(r[f"best_{metric}"])), None)
+    best_ckpt = best["checkpoint"] if best else None
+    exploits = exploit_count(tune_dir) if pbt else 0
     table = write_results(rows, searched, metric, tune_dir)
     print("\n" + table)
     if best is not None:
@@ -400,6 +500,9 @@ def finish(grid, cfg: TrainConfig, num_classes: int, tune_dir: str, searched: di
         best_cfg = replace(best_cfg, name=None, workers=max(best_cfg.workers, 1))
         text = (f"# best trial {best['trial']} of search {cfg.name}: {metric} {best[f'best_{metric}']:.4f}\n"
                 f"# best checkpoint: {best_ckpt}\n# reproduce: python launch.py train --config best.yaml\n")
+        if pbt:
+            text += (f"# PBT changed this trial's values while it ran (pbt_policy_{best['trial']}.txt); these are "
+                     "its last ones\n")
         text += yaml.safe_dump(redact(best_cfg.to_dict()), sort_keys=False)
         storage.write_bytes(storage.join(tune_dir, "best.yaml"), text.encode())
         storage.write_bytes(storage.join(tune_dir, "best.json"), json.dumps(
@@ -407,6 +510,9 @@ def finish(grid, cfg: TrainConfig, num_classes: int, tune_dir: str, searched: di
         print(f"best trial       {best['trial']}  {metric} {best[f'best_{metric}']:.4f}")
         print(f"best config      {storage.join(tune_dir, 'best.yaml')}")
         print(f"best checkpoint  {best_ckpt}")
+    if pbt:
+        print(f"PBT exploits     {exploits} (a weaker trial continued from a stronger one's checkpoint; "
+              "pbt_global.txt)")
     _plot(curves, metric, max_epochs, tune_dir)
     used = _disk_usage(tune_dir)
     if used >= 0:
@@ -414,7 +520,11 @@ def finish(grid, cfg: TrainConfig, num_classes: int, tune_dir: str, searched: di
     if interrupted:
         print("\nnot all trials finished: results so far are written; resume with:\n"
               f"  python launch.py tune --name {cfg.name} --storage {cfg.storage} --resume", file=sys.stderr)
-    return {"rows": rows, "best": best, "best_checkpoint": best_ckpt, "tune_dir": tune_dir}
+    elif best is None:
+        reason = next((re.sub(r"^[\w.]+\.(\w+Error): ", "", r["error"]) for r in rows if r["error"]),
+                      "no trial reported it")
+        raise RunError(f"no trial produced {metric}: {reason} (results.csv and each trial's error.txt in {tune_dir})")
+    return {"rows": rows, "best": best, "best_checkpoint": best_ckpt, "tune_dir": tune_dir, "exploits": exploits}
 
 
 def write_results(rows: list[dict[str, Any]], searched: dict[str, tuple[str, str]], metric: str, tune_dir: str
@@ -453,7 +563,7 @@ def _plot(curves: dict[str, tuple[list, list]], metric: str, max_epochs: int, tu
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} per trial (x = stopped early)")
     ax.grid(alpha=0.3)
-    if len(curves) <= 12:
+    if 0 < sum(1 for epochs, _ in curves.values() if epochs) <= 12:
         ax.legend(fontsize=7)
     fig.tight_layout()
     with tempfile.TemporaryDirectory() as tmp:

@@ -252,12 +252,24 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self._apply_recipe_values()
         _set_rng_state(state["rng"])
         self.history = list(state["history"])
         self.best, self.stale = state["best"], state["stale_epochs"]
         self.start_epoch = state["epoch"] + 1
         if self.rank == 0 and self.verbose:
             print(f"resumed from epoch {state['epoch'] + 1} (lr {self.scheduler.get_last_lr()[1]:.3g})", flush=True)
+
+    def _apply_recipe_values(self) -> None:
+        """After loading optimizer state: this config's lr and weight decay (a resumed run has the saved ones; a
+        PBT trial that exploited another's checkpoint continues with its own, mutated values)."""
+        step = self.scheduler.last_epoch
+        self.scheduler.base_lrs = [self.cfg.lr] * len(self.optimizer.param_groups)
+        for group, factor in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas, strict=True):
+            group["initial_lr"] = self.cfg.lr
+            group["lr"] = self.cfg.lr * factor(step)
+            group["weight_decay"] = self.cfg.weight_decay
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
     def _train_epoch(self, epoch: int) -> tuple[float, int, float]:
         self.net.train()

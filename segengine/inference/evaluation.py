@@ -144,7 +144,8 @@ def evaluate(checkpoint_path: str, data: str, *, split: str = "val", workers: in
     confusion_matrix.csv and per_class_iou.png into `out` (default `eval-<split>` next to the checkpoint)."""
     if workers < 1:
         raise InferenceError(f"--workers {workers}: use 1 (this process) or more (Ray tasks)")
-    predictor = Predictor.from_checkpoint(checkpoint_path, plugin_refs)
+    predictor = Predictor.from_checkpoint(checkpoint_path, plugin_refs, verbose=verbose)
+    checkpoint_path = predictor.path or checkpoint_path
     folder = open_eval_dataset(data, predictor.manifest)
     meta = folder.meta
     if meta.num_classes != predictor.num_classes:

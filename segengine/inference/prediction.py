@@ -91,7 +91,7 @@ def predict(checkpoint_path: str, inputs: Sequence[str], out: str, *, tile: bool
     reported and skipped."""
     if overlap is not None and not 0 <= overlap < 1:
         raise InferenceError(f"--overlap {overlap}: use a fraction from 0 (no overlap) to below 1, e.g. 0.25")
-    predictor = Predictor.from_checkpoint(checkpoint_path, plugin_refs)
+    predictor = Predictor.from_checkpoint(checkpoint_path, plugin_refs, verbose=verbose)
     paths, missing = expand_inputs(inputs)
     if not paths:
         detail = "; ".join(f"{p}: {why}" for p, why in missing) or "nothing given"

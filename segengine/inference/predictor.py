@@ -19,6 +19,7 @@ import segdata
 from segdata.files import to_channels
 from segdata.meta import default_palette
 from segengine import checkpoint as ckpt
+from segengine import storage
 from segengine.windows import sliding_probabilities
 
 BATCH = 8  # letterboxed images or tiles per forward pass
@@ -39,6 +40,7 @@ class Predictor:
     def __init__(self, model: torch.nn.Module, manifest: dict[str, Any]) -> None:
         self.model = model.eval()
         self.manifest = manifest
+        self.path: str | None = None  # the checkpoint folder, when built from one
         self.num_classes = int(manifest["num_classes"])
         self.class_names = [str(n) for n in manifest.get("class_names") or range(self.num_classes)]
         self.in_channels = int(manifest["in_channels"])
@@ -61,9 +63,15 @@ class Predictor:
                           "overlap": float(recorded.get("overlap", 0.25))}
 
     @classmethod
-    def from_checkpoint(cls, path: str, plugin_refs: Sequence[str] | None = None) -> Predictor:
-        model, manifest = ckpt.build_model(str(path), list(plugin_refs or []))
-        return cls(model, manifest)
+    def from_checkpoint(cls, path: str, plugin_refs: Sequence[str] | None = None, verbose: bool = True) -> Predictor:
+        """From a checkpoint folder, its state.pt, or a run/search folder (its best checkpoint, printed)."""
+        found = ckpt.locate(path)
+        if verbose and found.rstrip("/") != storage.resolve(str(path)).rstrip("/"):
+            print(f"checkpoint {found}", file=sys.stderr)
+        model, manifest = ckpt.build_model(found, list(plugin_refs or []))
+        predictor = cls(model, manifest)
+        predictor.path = found
+        return predictor
 
     def channels(self, image: np.ndarray) -> np.ndarray:
         """H x W x C uint8 with the channels the model was trained on (grey <-> RGB as training did)."""

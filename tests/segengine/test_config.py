@@ -30,13 +30,38 @@ def test_roundtrip_through_dict():
     ({"epochs": "ten"}, "'epochs' must be int"),
     ({"augment": {"flip": 2.0}}, "'flip'"),
     ({"augment": {"rotate": 1}}, "unknown key 'rotate'"),
-    ({"input_size": [64]}, "'input_size' must be two numbers"),
+    ({"input_size": [64]}, "'input_size' must be two integers"),
+    ({"input_size": [96.7, 128.2]}, "'input_size' must be two integers, got [96.7, 128.2]"),
+    ({"lr": "1e-3"}, "'lr' must be float, got '1e-3'"),
+    ({"plugins": [{"a": 1}]}, "'plugins' must be a list of names"),
+    ({"augment": {"gamma": [0.7, "x"]}}, "x.yaml.augment: 'gamma' must be two numbers"),
 ])
 def test_bad_values_name_the_key(raw, needle):
     with pytest.raises(ConfigError, match=None) as err:
         TrainConfig.from_dict(raw, where="x.yaml")
     assert needle in str(err.value) and str(err.value).startswith("x.yaml")
     assert "\n" not in str(err.value)
+
+
+def test_help_shows_the_schema_defaults_and_flags_are_declared_once():
+    """Every flag of `train` comes from the schema: its help ends with the schema's default."""
+    from segengine.config import cli_flags
+
+    options = dict(cli_flags("train"))
+    assert options["--lr"]["help"].endswith("(default: 0.0001)") and options["--lr"]["dest"] == "lr"
+    assert options["--input-size"]["nargs"] == 2 and options["--wait-for-resources"]["dest"] == "resource_wait_s"
+    assert "--workers" not in dict(cli_flags("tune"))
+    args = build_parser().parse_args(["train", "--lr", "0.01", "--min-steps", "7"])
+    cfg = train_config(args)
+    assert (cfg.lr, cfg.min_steps, cfg.epochs) == (0.01, 7, TrainConfig().epochs)
+
+
+def test_label_and_weights_flags_reach_the_config():
+    args = build_parser().parse_args(["tune", "--num-classes", "3", "--label-mode", "index", "--ignore-index", "0",
+                                      "--threshold", "100", "--weights", "enc.pth"])
+    cfg = train_config(args)
+    assert (cfg.num_classes, cfg.label_mode, cfg.ignore_index, cfg.threshold, cfg.weights) == (
+        3, "index", 0, 100, "enc.pth")
 
 
 def test_unknown_key_suggests_the_closest():
@@ -55,7 +80,12 @@ def test_diff_lists_nested_keys():
     ({"search": {"lr": {"loguniform": [0, 1]}}}, "0 < low < high"),
     ({"search": {"learning_rate": {"uniform": [0, 1]}}}, "search.learning_rate is not a training config key"),
     ({"search": {"loss": {"choice": ["ce", "l2"]}}}, "'loss'"),
-    ({"scheduler": {"type": "pbt"}}, "scheduler.type"),
+    ({"scheduler": {"type": "hyperband"}}, "scheduler.type"),
+    ({"scheduler": {"type": "pbt"}, "search": {"lr": {"uniform": [0.1, 1]}}}, "searcher.type: random"),
+    ({"scheduler": {"type": "pbt"}, "searcher": {"type": "random"}, "search": {"epochs": {"choice": [2, 3]}}},
+     "cannot change search.epochs inside a running trial"),
+    ({"scheduler": {"type": "pbt"}, "searcher": {"type": "random"}}, "needs something to mutate"),
+    ({"scheduler": {"type": "pbt", "grace_period": 2}, "searcher": {"type": "random"}}, "unknown key 'grace_period'"),
     ({"searcher": {"type": "optuna"}, "search": {"lr": {"grid": [0.1, 0.01]}}}, "searcher.type: random"),
     ({"samples": 0}, "samples"),
     ({"resources": {"gpus": 1}}, "unknown key 'gpus'"),

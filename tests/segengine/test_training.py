@@ -121,7 +121,10 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path):
     assert proc.returncode != 0 and "--resume" in out, out
     done = len(_history(str(run_dir)))
     assert 2 <= done < 5
-    resumed = subprocess.run([*args, "--resume"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    hint = re.search(r"resume with:\n\s+python launch.py (train .*--resume)", out).group(1).split()
+    assert "--epochs" not in hint  # the saved config.yaml has the budget: the printed command is the whole resume
+    resumed = subprocess.run([sys.executable, str(REPO / "launch.py"), *hint], cwd=REPO, capture_output=True,
+                             text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     resumed_from = int(re.search(r"resumed from epoch (\d+)", resumed.stdout).group(1))
     assert 1 <= resumed_from <= done  # the latest checkpoint Train registered (it consumes reports one behind)

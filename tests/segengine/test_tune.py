@@ -46,6 +46,13 @@ def test_asha_stops_the_bad_trial_and_best_yaml_trains(ray_local, tmp_path, caps
     assert code == 0 and (tmp_path / "from-best" / "history.csv").exists()
 
 
+def test_search_whose_trials_all_fail_exits_2(ray_local, tmp_path, capsys):
+    config = _search_file(tmp_path, [1e12], epochs=2)  # the loss diverges at once: every trial errors
+    assert main(["tune", "--config", str(config), "--storage", str(tmp_path), "--name", "bad"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: no trial produced val_miou: ") and "loss became" in err[-1], err[-3:]
+
+
 def test_impossible_trial_is_refused_before_start(ray_local, tmp_path, capsys):
     config = _search_file(tmp_path, [1e-3], extra={"resources": {"workers_per_trial": 16}})
     assert main(["tune", "--config", str(config), "--storage", str(tmp_path), "--name", "big"]) == 2
@@ -53,7 +60,7 @@ def test_impossible_trial_is_refused_before_start(ray_local, tmp_path, capsys):
     assert "one trial needs 16 CPUs" in err and err.count("\n") == 1
 
 
-def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
+def test_killed_driver_resumes_trials_from_their_checkpoints(tmp_path):
     config = _search_file(tmp_path, [3e-3, 2e-3, 1e-3], epochs=3,
                           extra={"scheduler": {"type": "fifo"}})
     args = [sys.executable, str(REPO / "launch.py"), "tune", "--config", str(config), "--storage", str(tmp_path),
@@ -61,7 +68,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, env=env)
-    trials = tmp_path / "k" / "trials"
+    trials = tmp_path / "k"  # in-process trials: Tune's trial folders hold the run files and the checkpoints
     deadline = time.time() + 400
 
     def finished() -> int:
@@ -71,7 +78,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
         assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
         time.sleep(0.5)
     first_done = {h.parent.name for h in trials.glob("*/history.csv") if len(h.read_text().splitlines()) == 4}
-    stamp = {n: (trials / n / "history.csv").stat().st_mtime for n in first_done}
+    first_epoch = {n: (trials / n / "history.csv").read_text().splitlines()[1] for n in first_done}
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, as a dying shell would
     proc.wait(timeout=60)
     resumed = subprocess.run([*args, "--resume"], cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
@@ -79,8 +86,9 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     rows = _rows(tmp_path / "k")
     assert sorted(float(r["lr"]) for r in rows) == [1e-3, 2e-3, 3e-3]
     assert all(r["status"] == "finished" for r in rows), rows
-    for name in first_done:  # finished before the kill: not rerun
-        assert (trials / name / "history.csv").stat().st_mtime == stamp[name]
+    for name in first_done:  # finished before the kill: at most its last epoch reruns, from Tune's checkpoint
+        lines = (trials / name / "history.csv").read_text().splitlines()
+        assert len(lines) == 4 and lines[1] == first_epoch[name]
 
 
 def test_train_backed_trial_reports_every_epoch_and_its_checkpoint(ray_local, tmp_path):
@@ -92,8 +100,35 @@ def test_train_backed_trial_reports_every_epoch_and_its_checkpoint(ray_local, tm
     out = tune_run(settings, name="tb", storage_root=str(tmp_path), address=None, resume=False, overwrite=False)
     (row,) = out["rows"]
     assert row["status"] == "finished" and row["epochs"] == 2
+    assert Path(row["run_dir"]).parent.name == "trials"  # the trial's TorchTrainer keeps its own run folder
     from segengine import checkpoint
 
     assert checkpoint.is_complete(out["best_checkpoint"])
     assert checkpoint.read_manifest(out["best_checkpoint"])["config"]["workers"] == 1
     assert (Path(row["run_dir"]) / "history.csv").exists()
+
+
+def test_in_process_trials_checkpoint_through_tune_and_pbt_exploits(ray_local, tmp_path, capsys):
+    """Tune keeps the in-process trials' checkpoints (CheckpointConfig); PBT makes the weak trial continue from the
+    strong one's checkpoint with a mutated lr, and the search still ends with a usable best checkpoint."""
+    config = _search_file(tmp_path, [3e-3, 1e-7], epochs=4, extra={
+        "scheduler": {"type": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.5,
+                      "resample_probability": 0.0},
+        "train": {"encoder": "mini", "data": TINY_SYNTH, "input_size": [64, 64], "batch_size": 2, "epochs": 4,
+                  "patience": 50, "keep_checkpoints": 1},
+        "max_concurrent": 2})
+    assert main(["tune", "--config", str(config), "--storage", str(tmp_path), "--name", "p"]) == 0
+    out = capsys.readouterr().out
+    exploits = [ln for ln in (tmp_path / "p" / "pbt_global.txt").read_text().splitlines() if ln.strip()]
+    assert exploits and "PBT exploits" in out
+    from segengine import checkpoint
+
+    best = yaml.safe_load((tmp_path / "p" / "best.yaml").read_text().split("\n", 3)[-1]) or {}
+    assert best["encoder"] == "mini"
+    trial_dirs = [d for d in (tmp_path / "p").iterdir() if (d / "history.csv").exists()]
+    assert len(trial_dirs) == 2
+    for trial in trial_dirs:  # Tune's retention: 3 for PBT (keep_checkpoints 1 raised), of the 4 epochs
+        kept = sorted(trial.glob("checkpoint_*"))
+        assert 1 <= len(kept) <= 3 and all(checkpoint.is_complete(str(k)) for k in kept)
+    rows = _rows(tmp_path / "p")
+    assert min(float(r["best_val_miou"]) for r in rows) > 0.3  # the 1e-7 trial learnt after exploiting
