@@ -139,8 +139,18 @@ def _run(args: argparse.Namespace) -> int:
     return getattr(commands, args.command)(args)
 
 
+def _one_line_warnings() -> None:
+    """Warnings meant for users print as `warning: message` on stderr, each once per run (not with file:line and
+    the source line that raised it)."""
+    import warnings
+
+    warnings.formatwarning = lambda message, category, filename, lineno, line=None: f"warning: {message}\n"
+    warnings.simplefilter("once", UserWarning)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _one_line_warnings()
     try:
         return _run(args)
     except KeyboardInterrupt:

@@ -3,10 +3,11 @@
 A plugin is a module whose import registers encoders with `zoo.register_encoder` / `zoo.register_family`
 (an entry point may also name a callable, which is called). Plugins are code, so only what the user installed
 (entry points in group `unet_zoo.encoders`) or named (`--plugin`, `plugins:` in a config) is imported: nothing
-is ever imported from a dataset folder or a checkpoint. A plugin that fails gives a PluginWarning and everything
-else keeps working. Shipping is Ray's: `runtime_env(refs)` is the job's `py_modules` entry for plugin files, so
-a worker on any node imports exactly what the driver imported (`load_on_worker`); module names must be importable
-there (installed, or in the job's working directory).
+is ever imported from a dataset folder or a checkpoint. A plugin the user names that is missing or raises is an
+error (`PluginError`, one line naming it); an installed one that fails gives a one-line PluginWarning naming its
+distribution, and everything else keeps working. Shipping is Ray's: `runtime_env(refs)` is the job's
+`py_modules` entry for plugin files, so a worker on any node imports exactly what the driver imported
+(`load_on_worker`); module names must be importable there (installed, or in the job's working directory).
 """
 
 from __future__ import annotations
@@ -26,12 +27,18 @@ from zoo._registry import one_line, registering_as
 GROUP = "unet_zoo.encoders"
 NO_AUTOLOAD_ENV = "UNET_ZOO_NO_AUTOLOAD"
 
-__all__ = ["GROUP", "NO_AUTOLOAD_ENV", "PluginWarning", "autoload", "load_on_worker", "load_plugins",
+__all__ = ["GROUP", "NO_AUTOLOAD_ENV", "PluginError", "PluginWarning", "autoload", "load_on_worker", "load_plugins",
            "resolve_plugin_refs", "runtime_env"]
 
 
 class PluginWarning(UserWarning):
-    """A plugin could not be loaded; its encoders are missing, everything else works."""
+    """An installed plugin could not be loaded; its encoders are missing, everything else works."""
+
+
+class PluginError(RuntimeError):
+    """A plugin the user named could not be loaded; one line for the CLI."""
+
+    user_error = True
 
 
 _autoloaded: list[str] | None = None
@@ -46,11 +53,6 @@ def resolve_plugin_refs(names: Sequence[str]) -> list[str]:
     """File paths made absolute (so that remote workers find them from any working directory); module names
     stay as they are."""
     return [str(Path(n).expanduser().absolute()) if _is_file_ref(n) else n for n in names]
-
-
-def _warn(ref: str, err: BaseException) -> None:
-    warnings.warn(f"plugin {ref!r} was not loaded ({one_line(err)}); its encoders are unavailable", PluginWarning,
-                  stacklevel=4)
 
 
 def _import_file(path: Path) -> None:
@@ -71,32 +73,32 @@ def _import_file(path: Path) -> None:
         raise
 
 
-def _load(ref: str, source: str, load: Callable[[], object]) -> bool:
+def _load(ref: str, source: str, load: Callable[[], object]) -> BaseException | None:
+    """Import once; the error, if the plugin failed."""
     if ref in _loaded:
-        return True
+        return None
     try:
         with registering_as(source):
             load()
     except Exception as err:
-        _warn(ref, err)
-        return False
+        return err
     _loaded.add(ref)
-    return True
+    return None
 
 
 def load_plugins(names: Sequence[str]) -> list[str]:
-    """Import plugins named by module (`my_pkg.encoders`) or file (`path/to/encoders.py`); returns the names
-    that are loaded (now or before). Loading a name twice does nothing."""
-    loaded = []
+    """Import plugins named by module (`my_pkg.encoders`) or file (`path/to/encoders.py`); returns their names.
+    Loading a name twice does nothing; one that is missing or raises is a PluginError naming it."""
     for name in names:
         if _is_file_ref(name):
             path = Path(resolve_plugin_refs([name])[0])
-            ok = _load(str(path), path.stem, lambda path=path: _import_file(path))
+            err = _load(str(path), path.stem, lambda path=path: _import_file(path))
         else:
-            ok = _load(name, name, lambda name=name: importlib.import_module(name))
-        if ok:
-            loaded.append(name)
-    return loaded
+            err = _load(name, name, lambda name=name: importlib.import_module(name))
+        if err is not None:
+            raise PluginError(f"plugin {name!r} could not be loaded: {one_line(err)} (fix it, or drop it from "
+                              "--plugin / plugins:)") from None
+    return list(names)
 
 
 def runtime_env(refs: Sequence[str]) -> dict[str, list[str]]:
@@ -125,7 +127,13 @@ def autoload() -> list[str]:
     if os.environ.get(NO_AUTOLOAD_ENV, "").strip().lower() not in ("", "0", "false", "no"):
         return []
     if _autoloaded is None:
-        _autoloaded = [ep.name for ep in entry_points(group=GROUP)
-                       if _load(f"{ep.name} = {ep.value}", ep.name,
-                                lambda ep=ep: _load_entry_point(ep))]
+        _autoloaded = []
+        for ep in entry_points(group=GROUP):
+            err = _load(f"{ep.name} = {ep.value}", ep.name, lambda ep=ep: _load_entry_point(ep))
+            if err is None:
+                _autoloaded.append(ep.name)
+                continue
+            dist = getattr(getattr(ep, "dist", None), "name", None) or "unknown distribution"
+            warnings.warn(f"installed plugin {ep.name!r} ({dist}, entry point {ep.value}) was not loaded "
+                          f"({one_line(err)}); its encoders are unavailable", PluginWarning, stacklevel=2)
     return list(_autoloaded)

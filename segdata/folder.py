@@ -283,6 +283,11 @@ def _resolve_meta(listing: _Listing, settings: dict[str, Any], overrides: dict[s
         values, scanned = _scan_label_values(listing)
         of_files = f"{scanned} of {len(listing.labels)} label files"
         binary = values == {0, 255} and (classes is None or len(classes) == 2)
+        if label_mode is None and binary and listing.layout != "tutorial" and "target_below" not in given:
+            raise DataError(f"{listing.labels_dir}: the labels are 0/255 masks and nothing says which value marks "
+                            f"the object; write 'target_below: false' (255 = object, the usual mask) or "
+                            f"'target_below: true' (0 = object, as ISBI's membranes) into "
+                            f"{files.join(listing.root, 'dataset.yaml')}")
         if label_mode is None and binary:
             label_mode = "threshold"
             inferred.append(f"label_mode threshold: the labels hold only the values 0 and 255 ({of_files}), "

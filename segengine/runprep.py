@@ -4,6 +4,7 @@ starts; what it validated travels to the workers as `PreparedRun.data` so no wor
 
 from __future__ import annotations
 
+import difflib
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -116,6 +117,36 @@ def check_sizes(cfg: TrainConfig, spec: zoo.EncoderSpec) -> None:
                               f"{down[0]} {down[1]} or {up[0]} {up[1]}")
 
 
+# What every epoch reports (segengine.worker); per-class entries follow the dataset's class names.
+EPOCH_METRICS = ("val_miou", "val_loss", "val_mdice", "val_pixel_acc", "val_f_score", "train_loss", "lr",
+                 "images_per_s", "epoch_time_s", "epoch")
+
+
+def metric_names(meta: segdata.DatasetMeta) -> list[str]:
+    return [*EPOCH_METRICS, *(f"val_{kind}_{name}" for kind in ("iou", "dice") for name in meta.classes)]
+
+
+def check_metric(cfg: TrainConfig, meta: segdata.DatasetMeta) -> None:
+    """Best checkpoints, early stopping and searches rank by `metric`: a name no epoch reports would rank nothing."""
+    names = metric_names(meta)
+    if cfg.metric not in names:
+        close = difflib.get_close_matches(cfg.metric, names, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ConfigError(f"metric '{cfg.metric}' is not reported by training; {hint}reported: {', '.join(names)}")
+
+
+def check_model(cfg: TrainConfig, meta: segdata.DatasetMeta) -> None:
+    """Build the model once on the driver when the config loads weights or passes builder arguments: a bad file,
+    a shape that does not fit or an unknown argument is found here instead of by every worker."""
+    try:
+        zoo.create_model(cfg.encoder, meta.num_classes, in_channels=meta.in_channels, weights=cfg.weights,
+                         **cfg.encoder_kwargs)
+    except zoo.ZooError as exc:
+        raise ConfigError(f"encoder '{cfg.encoder}': {exc}") from None
+    except TypeError as exc:  # an argument the builder does not take
+        raise ConfigError(f"encoder_kwargs {cfg.encoder_kwargs} for encoder '{cfg.encoder}': {exc}") from None
+
+
 def prepare(cfg: TrainConfig, *, resume: bool, overwrite: bool, frequencies: bool | None = None) -> PreparedRun:
     """Everything `train` and `tune` check before Ray starts. `frequencies`: measure the training labels' class
     frequencies (default: when the config derives its class weights from them)."""
@@ -132,6 +163,9 @@ def prepare(cfg: TrainConfig, *, resume: bool, overwrite: bool, frequencies: boo
     if cfg.class_weights is not None and len(cfg.class_weights) != meta.num_classes:
         raise ConfigError(f"class_weights has {len(cfg.class_weights)} values but the dataset has "
                           f"{meta.num_classes} classes ({', '.join(meta.classes)})")
+    check_metric(cfg, meta)
+    if cfg.weights is not None or cfg.encoder_kwargs:
+        check_model(cfg, meta)
     run_dir = storage.join(cfg.storage, cfg.name)
     guard_run_name(run_dir, cfg, resume=resume, overwrite=overwrite)
     return PreparedRun(cfg, run_dir, meta, data)

@@ -16,9 +16,11 @@ import csv
 import io
 import json
 import math
+import os
 import re
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -319,6 +321,7 @@ def _searcher(settings: TuneSettings, metric: str, mode: str, concurrent: int):
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created ..." per search
     # TPE needs random start-up trials; a third of the budget (at least 2) fits small searches.
     n = settings.searcher.get("n_startup") or max(2, settings.samples // 3)
     sampler = optuna.samplers.TPESampler(n_startup_trials=n, seed=seed)
@@ -402,6 +405,7 @@ def tune_run(settings: TuneSettings, *, name: str | None, storage_root: str, add
                else f"{cfg.workers} Ray Train worker(s) x {cfg.cpus_per_worker} CPU")
         print(f"resources  {per} per trial{', GPU' if use_gpu else ''}; {concurrent} trial(s) at once on "
               f"{ray_adapter.cluster_capacity()['CPU']:g} CPUs", flush=True)
+        print(f"curves     tensorboard --logdir {tune_dir}   (each trial's tensorboard/; trials.png at the end)")
         progress = ProgressLines(metric, searched)
         trainable = tune.with_resources(tune.with_parameters(
             trial_func, data=prep.data, tune_dir=tune_dir, use_gpu=use_gpu), resources)
@@ -424,7 +428,8 @@ def tune_run(settings: TuneSettings, *, name: str | None, storage_root: str, add
                 search_alg=_searcher(settings, metric, mode, concurrent), max_concurrent_trials=concurrent,
                 reuse_actors=True, trial_dirname_creator=lambda t: t.trial_id))
         try:
-            grid = tuner.fit()  # Tune turns Ctrl-C into a clean stop and returns the results so far
+            with tune_output_off():
+                grid = tuner.fit()  # Tune turns Ctrl-C into a clean stop and returns the results so far
         except KeyboardInterrupt:
             grid = tune.Tuner.restore(exp_path, trainable).get_results()
         interrupted = grid.num_terminated + grid.num_errors < len(grid)
@@ -451,6 +456,21 @@ def _best_trial(grid, metric: str, mode: str) -> str | None:
     except RuntimeError:  # no trial reported the metric
         return None
     return best.path.rstrip("/").rsplit("/", 1)[-1]
+
+
+@contextmanager
+def tune_output_off():
+    """Tune's own console output (its table and a TensorBoard hint for Ray's staging folder) off: ProgressLines
+    and the plan lines say what matters. RAY_AIR_NEW_OUTPUT=0 with verbose=0 is Tune's quiet mode."""
+    saved = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = saved
 
 
 def exploit_count(tune_dir: str) -> int:

@@ -13,6 +13,7 @@ import functools
 import math
 import random
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -169,7 +170,9 @@ def train_func(config: dict[str, Any]) -> None:
     run = config["run"]
     cfg = TrainConfig.from_dict(config["train"])
     reporter = make_reporter(run["reporter"], run["run_dir"], cfg.keep_checkpoints, cfg.metric, cfg.mode)
-    plugins.autoload()
+    with warnings.catch_warnings():  # an installed plugin that fails was reported by the driver already
+        warnings.simplefilter("ignore", plugins.PluginWarning)
+        plugins.autoload()
     plugins.load_on_worker(cfg.plugins)
     Trainer(cfg, reporter, config["data"], verbose=run.get("verbose", True)).fit()
 

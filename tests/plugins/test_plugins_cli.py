@@ -31,3 +31,14 @@ def test_family_pattern_and_plugin_flag(capsys, tmp_path, registry, write_plugin
     path = write_plugin(tmp_path / "lab_encoders.py", "lab-enc")
     assert launch.main(["encoders", "lab-*", "--plugin", str(path)]) == 0
     assert table_rows(capsys.readouterr().out)["lab-enc"][1:5] == ["lab_encoders", "3,090", "4", "2"]
+
+
+def test_a_named_plugin_that_is_missing_or_raises_exits_2_naming_it(capsys, tmp_path, registry):
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise ImportError('needs a library that is not installed')\n")
+    for ref, expected in (("no_such_module", "ModuleNotFoundError: No module named 'no_such_module'"),
+                          (str(broken), "ImportError: needs a library that is not installed")):
+        assert launch.main(["encoders", "--plugin", ref]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: plugin {ref!r} could not be loaded: ") and expected in err, err
+        assert err.count("\n") == 1

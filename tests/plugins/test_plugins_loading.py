@@ -1,4 +1,4 @@
-"""load_plugins / autoload in this process: files and modules, idempotence, failures that only warn."""
+"""load_plugins / autoload in this process: files and modules, idempotence, named plugins that fail are errors."""
 
 import os
 from pathlib import Path
@@ -7,7 +7,7 @@ import pytest
 
 import plugins
 import zoo
-from plugins import PluginWarning
+from plugins import PluginError
 
 
 def imports(path):
@@ -33,7 +33,8 @@ def test_module_plugin(tmp_path, monkeypatch, registry, write_plugin):
     assert "acme-enc" in zoo.list_encoders("acme*")
 
 
-def test_failing_plugins_warn_and_everything_else_works(tmp_path, registry, write_plugin):
+def test_a_named_plugin_that_fails_is_an_error_naming_it_and_everything_else_works(tmp_path, registry,
+                                                                                  write_plugin):
     broken = tmp_path / "broken.py"
     broken.write_text("raise RuntimeError('broken on purpose')\n")
     syntax = tmp_path / "syntax.py"
@@ -41,16 +42,17 @@ def test_failing_plugins_warn_and_everything_else_works(tmp_path, registry, writ
     clash = tmp_path / "clash.py"
     clash.write_text("from zoo import register_encoder\n"
                      "register_encoder('mini', description='x', channels=(1,), reductions=(1,))(print)\n")
+    cases = [(str(broken), "RuntimeError: broken on purpose"), (str(syntax), "SyntaxError"),
+             (str(tmp_path / "missing.py"), "FileNotFoundError"), ("no_such_module_zz", "ModuleNotFoundError"),
+             (str(clash), "encoder 'mini' from clash clashes with the one from built-in")]
+    for name, expected in cases:
+        with pytest.raises(PluginError) as err:
+            plugins.load_plugins([name])
+        message = str(err.value)
+        assert message.startswith(f"plugin {name!r} could not be loaded: ") and expected in message, message
+        assert "\n" not in message
     good = write_plugin(tmp_path / "good.py", "good-enc")
-    names = [str(broken), str(syntax), str(tmp_path / "missing.py"), "no_such_module_zz", str(clash), str(good)]
-    with pytest.warns(PluginWarning) as record:
-        assert plugins.load_plugins(names) == [str(good)]
-    messages = [str(w.message) for w in record]
-    assert len(messages) == 5
-    assert f"plugin '{broken}' was not loaded (RuntimeError: broken on purpose)" in messages[0]
-    assert "SyntaxError" in messages[1]
-    assert "FileNotFoundError" in messages[2] and "ModuleNotFoundError" in messages[3]
-    assert "encoder 'mini' from clash clashes with the one from built-in" in messages[4]
+    assert plugins.load_plugins([str(good)]) == [str(good)]
     assert zoo.get_spec("mini").source == "built-in"
     assert zoo.create_model("good-enc", 2) is not None
 

@@ -152,3 +152,29 @@ def test_uri_join_keeps_the_query_at_the_end():
     assert normalize_root(root) == "s3://bucket/data?endpoint_override=http://127.0.0.1:8333&scheme=http"
     assert join(normalize_root(root), "Images", "0.png") == \
         "s3://bucket/data/Images/0.png?endpoint_override=http://127.0.0.1:8333&scheme=http"
+
+
+def test_0_255_masks_outside_the_tutorial_layout_need_their_polarity_written(tmp_path):
+    """White-on-black masks in a VOC-style folder: which value is the object is not guessed (ISBI's dark
+    membranes would be backwards for the usual mask); the error names both choices and the file to write."""
+    import numpy as np
+    import pytest
+    from segdata_helpers import write_png
+
+    import segdata
+
+    root = tmp_path / "masks"
+    for i in range(3):
+        write_png(root / "JPEGImages" / f"{i}.png", np.full((16, 16, 3), 90, np.uint8))
+        mask = np.zeros((16, 16), np.uint8)
+        mask[4:8, 4:8] = 255
+        write_png(root / "SegmentationClass" / f"{i}.png", mask)
+    with pytest.raises(segdata.DataError) as err:
+        segdata.open_dataset(str(root))
+    message = str(err.value)
+    assert "'target_below: false' (255 = object" in message and "'target_below: true'" in message
+    assert str(root / "dataset.yaml") in message
+    (root / "dataset.yaml").write_text("label_mode: threshold\ntarget_below: false\n")
+    folder = segdata.open_dataset(str(root))
+    label = segdata.read_label(folder.samples("train")[0].label, folder.meta)
+    assert label[5, 5] == 1 and label[0, 0] == 0  # the white square is class 1
