@@ -7,9 +7,10 @@ and metrics skip, so everything downstream (transforms, engine, metrics) handles
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 IGNORE = 255
 MAX_CLASSES = 255  # class ids 0..254; 255 is IGNORE
@@ -89,8 +90,34 @@ class DatasetMeta:
         return cls(**{key: value for key, value in data.items() if key in names})
 
 
-YAML_KEYS = ("classes", "num_classes", "label_mode", "threshold", "target_below", "ignore_index", "colors",
-             "images", "labels")
+Level = Annotated[StrictInt, Field(ge=0, le=255)]
+Folder = Annotated[StrictStr, Field(min_length=1)]
+
+
+class DatasetYaml(BaseModel):
+    """The schema of dataset.yaml (strict: no strings for numbers, no numbers for names)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    classes: Annotated[list[StrictStr | StrictInt], Field(min_length=1, max_length=MAX_CLASSES)] | None = None
+    num_classes: Annotated[StrictInt, Field(ge=1, le=MAX_CLASSES)] | None = None
+    label_mode: Literal["index", "threshold"] | None = None
+    threshold: Annotated[StrictInt, Field(ge=0, le=254)] | None = None
+    target_below: StrictBool | None = None
+    ignore_index: Level | None = None
+    colors: list[Annotated[list[Level], Field(min_length=3, max_length=3)]] | None = None
+    images: Folder | None = None
+    labels: Folder | None = None
+
+
+YAML_KEYS = tuple(DatasetYaml.model_fields)
+YAML_EXPECTED = {
+    "classes": f"a list of 1 to {MAX_CLASSES} class names", "num_classes": f"an integer from 1 to {MAX_CLASSES}",
+    "label_mode": " or ".join(LABEL_MODES), "threshold": "an integer grey level from 0 to 254",
+    "target_below": "true or false", "ignore_index": "an integer from 0 to 255",
+    "colors": "a list of [R, G, B] triples (0..255)", "images": "a folder name relative to the dataset",
+    "labels": "a folder name relative to the dataset",
+}
 
 
 def parse_dataset_yaml(text: str, source: str) -> dict[str, Any]:
@@ -109,30 +136,11 @@ def parse_dataset_yaml(text: str, source: str) -> dict[str, Any]:
         if key not in YAML_KEYS:
             raise DataError(f"{source}: unknown key {key!r}; allowed keys: {', '.join(YAML_KEYS)}")
 
-    def fail(key: str, expected: str) -> DataError:
-        return DataError(f"{source}: {key}: expected {expected}, got {data[key]!r}")
-
-    def is_int(value: Any, low: int, high: int) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-
-    checks = {
-        "classes": (lambda v: isinstance(v, list) and 0 < len(v) <= MAX_CLASSES
-                    and all(isinstance(n, (str, int)) for n in v),
-                    f"a list of 1 to {MAX_CLASSES} class names"),
-        "num_classes": (lambda v: is_int(v, 1, MAX_CLASSES), f"an integer from 1 to {MAX_CLASSES}"),
-        "label_mode": (lambda v: v in LABEL_MODES, " or ".join(LABEL_MODES)),
-        "threshold": (lambda v: is_int(v, 0, 254), "an integer grey level from 0 to 254"),
-        "target_below": (lambda v: isinstance(v, bool), "true or false"),
-        "ignore_index": (lambda v: is_int(v, 0, 255), "an integer from 0 to 255"),
-        "colors": (lambda v: isinstance(v, list) and all(
-            isinstance(c, list) and len(c) == 3 and all(is_int(x, 0, 255) for x in c) for c in v),
-            "a list of [R, G, B] triples (0..255)"),
-        "images": (lambda v: isinstance(v, str) and v != "", "a folder name relative to the dataset"),
-        "labels": (lambda v: isinstance(v, str) and v != "", "a folder name relative to the dataset"),
-    }
-    for key, (valid, expected) in checks.items():
-        if key in data and not valid(data[key]):
-            raise fail(key, expected)
+    try:
+        DatasetYaml(**data)
+    except ValidationError as exc:
+        key = str(exc.errors()[0]["loc"][0])
+        raise DataError(f"{source}: {key}: expected {YAML_EXPECTED[key]}, got {data[key]!r}") from None
     if "classes" in data and "num_classes" in data and len(data["classes"]) != data["num_classes"]:
         raise DataError(f"{source}: num_classes is {data['num_classes']} but classes lists "
                         f"{len(data['classes'])} names; keep one of the two keys")

@@ -144,7 +144,9 @@ class TrainConfig:
     min_steps: int = flag(500, "early stopping never fires before this many optimizer steps")
     seed: int = flag(0, "seed of everything random (batches, crops, initialisation)")
     # resources
-    workers: int = flag(1, "Ray Train workers (0 = in-process debug mode)", train_only=True)
+    workers: StrictInt | IntPair = flag(1, "Ray Train workers (0 = in-process debug mode); MIN MAX: elastic, the "
+                                        "run goes on with the workers that remain when a node dies and grows back "
+                                        "when nodes return", train_only=True)
     cpus_per_worker: int = 1
     loader_workers: int | None = None
     use_gpu: str = "auto"
@@ -155,6 +157,7 @@ class TrainConfig:
     resource_wait_s: float = flag(0.0, "on an autoscaling cluster: wait this long (seconds) for enough CPUs/GPUs "
                                   "instead of refusing at once", name="wait-for-resources", train_only=True)
     keep_checkpoints: int = 2
+    elastic_resize_s: float = 60.0  # elastic workers: how often Train checks whether the worker group can grow
     # run
     storage: str = "runs"
     name: str | None = None
@@ -165,9 +168,16 @@ class TrainConfig:
         out["input_size"] = list(self.input_size)
         if self.val_window is not None:
             out["val_window"] = list(self.val_window)
+        if isinstance(self.workers, tuple):
+            out["workers"] = list(self.workers)
         for key in ("scale", "zoom", "gamma", "blur_sigma"):
             out["augment"][key] = list(getattr(self.augment, key))
         return out
+
+    @property
+    def worker_range(self) -> tuple[int, int]:
+        """(min, max) Ray Train workers; equal unless the run is elastic."""
+        return tuple(self.workers) if isinstance(self.workers, tuple) else (self.workers, self.workers)
 
     @property
     def window(self) -> tuple[int, int]:
@@ -270,7 +280,9 @@ def _validate(obj: Any, where: str) -> None:
         ("poly_power", c.poly_power > 0, "a number > 0"),
         ("bn_momentum", c.bn_momentum is None or 0 < c.bn_momentum <= 1, "a number in (0, 1], or null"),
         ("weight_decay", c.weight_decay >= 0, "a number >= 0"),
-        ("workers", c.workers >= 0, "an integer >= 0 (0 = in-process debug mode)"),
+        ("workers", (c.workers >= 0) if isinstance(c.workers, int) else 1 <= c.workers[0] <= c.workers[1],
+         "an integer >= 0 (0 = in-process debug mode), or [min, max] with 1 <= min <= max (elastic)"),
+        ("elastic_resize_s", c.elastic_resize_s >= 0, "seconds >= 0"),
         ("cpus_per_worker", c.cpus_per_worker >= 1, "an integer >= 1"),
         ("freeze_epochs", c.freeze_epochs >= 0, "an integer >= 0"),
         ("patience", c.patience >= 1, "an integer >= 1"),
@@ -328,6 +340,8 @@ def cli_flags(command: str) -> list[tuple[str, dict[str, Any]]]:
         kw: dict[str, Any] = {"dest": f.name, "default": None, "help": text}
         if kind == "bool":
             kw["action"] = "store_true"
+        elif kind.startswith("StrictInt | IntPair"):  # one count, or MIN MAX
+            kw.update(nargs="+", type=int, metavar="N")
         elif "Pair" in kind:
             kw.update(nargs=2, type=int if "Int" in kind else float, metavar=("H", "W"))
         elif kind.startswith("list[float]"):
@@ -351,6 +365,10 @@ def flag_overrides(args: Any) -> dict[str, Any]:
     out = {key: getattr(args, key) for key in keys if getattr(args, key, None) is not None}
     if "input_size" in out:
         out["input_size"] = list(out["input_size"])
+    if "workers" in out:  # --workers N, or --workers MIN MAX (elastic)
+        if len(out["workers"]) > 2:
+            raise ConfigError(f"--workers takes N or MIN MAX, got {' '.join(map(str, out['workers']))}")
+        out["workers"] = out["workers"][0] if len(out["workers"]) == 1 else list(out["workers"])
     return out
 
 

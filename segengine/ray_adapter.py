@@ -20,6 +20,7 @@ import plugins
 from segengine import storage
 from segengine.cluster import alive_node_ips, check_storage_for_cluster, resolve_address
 from segengine.config import TrainConfig
+from segengine.reporting import FATAL_FILE
 from segengine.runprep import RunError
 
 
@@ -127,7 +128,9 @@ def make_trainer(train_func: Callable[[dict], None], config: dict[str, Any], cfg
         worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
         logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # our epoch lines say what matters
     )
-    scaling = ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu,
+    low, high = cfg.worker_range
+    scaling = ray.train.ScalingConfig(num_workers=low if low == high else (low, high), use_gpu=use_gpu,
+                                      elastic_resize_monitor_interval_s=cfg.elastic_resize_s,
                                       resources_per_worker={"CPU": cfg.cpus_per_worker,
                                                             **({"GPU": 1} if use_gpu else {})})
     return TorchTrainer(train_func, train_loop_config=config, scaling_config=scaling, run_config=run_config,
@@ -158,9 +161,14 @@ def check_cluster(cfg: TrainConfig, workers: int) -> bool:
 
 def fit(trainer: TorchTrainer, run_dir: str) -> None:
     """Fit a trainer; a worker failure Ray could not recover becomes a RunError naming the run folder."""
+    marker = storage.join(run_dir, FATAL_FILE)
+    storage.delete_file(marker)  # from an earlier attempt that is now resumed
     try:
         trainer.fit()
     except SystemExit:  # Train's own SIGINT handler aborts the run and exits; report it as Ctrl-C
         raise KeyboardInterrupt from None
     except ray.train.TrainingFailedError as exc:
         raise RunError(f"training failed: {failure_message(exc)} (run folder {run_dir})") from None
+    if storage.exists(marker):  # a deterministic error every worker met, recorded instead of raised (no retries)
+        fatal = storage.read_text(marker)
+        raise RunError(f"training failed: {fatal}; not retried, the same error would recur (run folder {run_dir})")

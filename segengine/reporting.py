@@ -21,8 +21,11 @@ from typing import Any
 
 from segengine import checkpoint, storage
 
+FATAL_FILE = "failed.txt"  # in the run folder: the error a Ray Train run ended with instead of being retried
+
 
 class Reporter:
+    reports_fatal = False  # only Ray Train retries failures; elsewhere an error simply propagates
     world_rank = 0
     world_size = 1
     local_rank = 0
@@ -136,6 +139,14 @@ class RayTrainReporter(Reporter):
         import ray.train.torch
 
         return ray.train.torch.prepare_model(model, move_to_device=False, parallel_strategy="ddp")
+
+    reports_fatal = True
+
+    def record_fatal(self, message: str) -> None:
+        """Leave `message` for the driver and let the workers end normally: FailureConfig retries any exception,
+        and Train keeps only checkpointed reports in its result."""
+        if self.world_rank == 0:
+            storage.write_bytes(storage.join(self.run_dir, FATAL_FILE), message.encode())
 
     @contextmanager
     def restored(self):

@@ -171,9 +171,13 @@ def prepare(cfg: TrainConfig, *, resume: bool, overwrite: bool, frequencies: boo
     return PreparedRun(cfg, run_dir, meta, data)
 
 
-def print_plan(prep: PreparedRun, workers: int, use_gpu: bool) -> None:
+def print_plan(prep: PreparedRun, use_gpu: bool) -> None:
     cfg, meta = prep.cfg, prep.meta
-    mode = "in-process (debug)" if workers == 0 else f"{workers} Ray Train worker(s)"
+    low, high = cfg.worker_range
+    mode = ("in-process (debug)" if cfg.workers == 0 else f"{low} Ray Train worker(s)" if low == high
+            else f"elastic {low}-{high} Ray Train workers (a lost node leaves fewer; they grow back when it returns)")
+    batch = (f"{cfg.batch_size * max(low, 1)}" if low == high
+             else f"{cfg.batch_size * low}-{cfg.batch_size * high} (with the workers present)")
     print(f"run        {cfg.name}  ->  {prep.run_dir}")
     print(f"data       {cfg.data or 'synth'}: {prep.counts['train']} train / {prep.counts['val']} val, "
           f"{meta.num_classes} classes ({', '.join(meta.classes)}), {meta.in_channels} channel(s), "
@@ -188,7 +192,7 @@ def print_plan(prep: PreparedRun, workers: int, use_gpu: bool) -> None:
     print(f"model      {cfg.encoder}, {sampling}; validation {validation} every {cfg.val_every} epoch(s)")
     print(f"recipe     {cfg.optimizer} lr {cfg.lr:g} {schedule}{warmup}, loss {cfg.loss}, {cfg.epochs} epochs")
     print(f"workers    {mode}, {cfg.cpus_per_worker} CPU(s) each{', GPU' if use_gpu else ''}; batch "
-          f"{cfg.batch_size} per worker = {cfg.batch_size * max(workers, 1)} global", flush=True)
+          f"{cfg.batch_size} per worker = {batch} global", flush=True)
 
 
 def resume_hint(cfg: TrainConfig) -> str:

@@ -58,6 +58,12 @@ def list_dirs(path: str) -> list[str]:
     return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
 
 
+def delete_file(path: str) -> None:
+    fs, p = filesystem(path)
+    if fs.get_file_info(p).type == pafs.FileType.File:
+        fs.delete_file(p)
+
+
 def delete_dir(path: str) -> None:
     fs, p = filesystem(path)
     if fs.get_file_info(p).type == pafs.FileType.Directory:

@@ -19,13 +19,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
     try:
         if cfg.workers == 0:
             save_config(prep.run_dir, cfg)
-            print_plan(prep, 0, False)
+            print_plan(prep, False)
             train_func(prep.worker_config("local"))
         else:
             with ray_adapter.ray_session(cfg.address, cfg.plugins):
-                use_gpu = ray_adapter.check_cluster(cfg, cfg.workers)
+                use_gpu = ray_adapter.check_cluster(cfg, cfg.worker_range[0])  # elastic: the minimum must fit
                 save_config(prep.run_dir, cfg)  # only once the run can start: a refused run leaves nothing behind
-                print_plan(prep, cfg.workers, use_gpu)
+                print_plan(prep, use_gpu)
                 trainer = ray_adapter.make_trainer(train_func, prep.worker_config("train"), cfg,
                                                    storage_path=cfg.storage, name=cfg.name, use_gpu=use_gpu)
                 ray_adapter.fit(trainer, prep.run_dir)

@@ -22,9 +22,10 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 import segdata
 from segengine import storage
@@ -43,6 +44,45 @@ PBT_MUTABLE = ("lr", "lr_decay", "weight_decay", "momentum", "class_weight_expon
 EXPONENT_KEY = "class_weight_exponent"  # a training key; the driver measures the class frequencies once
 TRAIN_BACKED_FOLDER = "trials"  # where Train-backed trials' TorchTrainers keep their runs
 WEIGHT_LABEL = "class_weight_"  # + class index: the column of one sampled per-class weight in results.csv
+
+
+PositiveInt = Annotated[StrictInt, Field(ge=1)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class SchedulerSchema(_Strict):
+    type: Literal["asha", "fifo", "pbt"] = "asha"
+    grace_period: PositiveInt | None = None
+    reduction_factor: Annotated[float, Field(gt=1)] | None = None
+    max_epochs: PositiveInt | None = None
+    perturbation_interval: PositiveInt | None = None
+    quantile_fraction: Annotated[float, Field(gt=0, le=0.5)] | None = None
+    resample_probability: Annotated[float, Field(ge=0, le=1)] | None = None
+
+
+class SearcherSchema(_Strict):
+    type: Literal["optuna", "random", "hyperopt"] = "optuna"
+    n_startup: PositiveInt | None = None
+    seed: StrictInt | None = None
+
+
+class ResourcesSchema(_Strict):
+    workers_per_trial: Annotated[StrictInt, Field(ge=0)] = 0
+    cpus_per_worker: PositiveInt = 1
+
+
+class SearchFileSchema(_Strict):
+    """The value types of a search file's sections (pydantic v2, strict); `train:` is the TrainConfig schema and
+    `search:` / `class_weights:` are checked against it in `parse_settings`."""
+
+    samples: PositiveInt = 8
+    max_concurrent: PositiveInt | None = None
+    scheduler: SchedulerSchema = SchedulerSchema()
+    searcher: SearcherSchema = SearcherSchema()
+    resources: ResourcesSchema = ResourcesSchema()
 
 
 @dataclass
@@ -109,15 +149,15 @@ def parse_settings(raw: dict[str, Any], where: str) -> TuneSettings:
         raise ConfigError(f"{where}: grid values need searcher.type: random (model-based searchers sample)")
     res = raw.get("resources") or {}
     reject_unknown_keys(res, ["workers_per_trial", "cpus_per_worker"], f"{where}: resources")
-    samples = raw.get("samples", 8)
-    if not isinstance(samples, int) or samples < 1:
-        raise ConfigError(f"{where}: samples must be an integer >= 1, got {samples!r}")
-    mc = raw.get("max_concurrent")
-    if mc is not None and (not isinstance(mc, int) or mc < 1):
-        raise ConfigError(f"{where}: max_concurrent must be an integer >= 1, got {mc!r}")
-    wpt, cpw = res.get("workers_per_trial", 0), res.get("cpus_per_worker", 1)
-    if not isinstance(wpt, int) or wpt < 0 or not isinstance(cpw, int) or cpw < 1:
-        raise ConfigError(f"{where}: resources need workers_per_trial >= 0 and cpus_per_worker >= 1")
+    try:  # value types and ranges (unknown keys were named above, with the closest allowed one)
+        checked = SearchFileSchema(samples=raw.get("samples", 8), max_concurrent=raw.get("max_concurrent"),
+                                   scheduler=sched, searcher=searcher, resources=res)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"{where}: {'.'.join(map(str, err['loc']))}: {err['msg'].lower()}, got "
+                          f"{err.get('input')!r}") from None
+    samples, mc = checked.samples, checked.max_concurrent
+    wpt, cpw = checked.resources.workers_per_trial, checked.resources.cpus_per_worker
     if kind == "pbt":
         _check_pbt(where, search, cw, searcher, wpt)
     return TuneSettings(train=train, search=search, class_weights=cw, scheduler=sched, searcher=searcher,
@@ -179,7 +219,8 @@ def trial_func(config: dict[str, Any], *, data: dict[str, Any], tune_dir: str, u
     from ray import tune
 
     from segengine.ray_adapter import make_trainer
-    from segengine.worker import train_func
+    from segengine.reporting import FATAL_FILE
+    from segengine.worker import TrainingError, train_func
 
     cfg = trial_train_config(config, len(data["meta"]["classes"]))
     trial_id = tune.get_context().get_trial_id()
@@ -194,6 +235,9 @@ def trial_func(config: dict[str, Any], *, data: dict[str, Any], tune_dir: str, u
     trainer = make_trainer(train_func, {"train": cfg.to_dict(), "data": data, "run": run}, cfg,
                            storage_path=trials_root, name=trial_id, use_gpu=use_gpu, callbacks=[TuneReportCallback()])
     trainer.fit()
+    marker = storage.join(run["run_dir"], FATAL_FILE)
+    if storage.exists(marker):  # the workers' deterministic error, recorded rather than raised so Train did not retry
+        raise TrainingError(storage.read_text(marker))
 
 
 # ---------------------------------------------------------------- driver side

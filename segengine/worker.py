@@ -174,7 +174,14 @@ def train_func(config: dict[str, Any]) -> None:
         warnings.simplefilter("ignore", plugins.PluginWarning)
         plugins.autoload()
     plugins.load_on_worker(cfg.plugins)
-    Trainer(cfg, reporter, config["data"], verbose=run.get("verbose", True)).fit()
+    try:
+        Trainer(cfg, reporter, config["data"], verbose=run.get("verbose", True)).fit()
+    except TrainingError as exc:
+        if not reporter.reports_fatal:
+            raise
+        # deterministic (every rank raised it at the same step): a retry from the last checkpoint would fail
+        # again, so the workers end normally and the driver raises the recorded message
+        reporter.record_fatal(str(exc))
 
 
 class Trainer:
@@ -255,11 +262,14 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self._apply_recipe_values()
         _set_rng_state(state["rng"])
         self.history = list(state["history"])
         self.best, self.stale = state["best"], state["stale_epochs"]
         self.start_epoch = state["epoch"] + 1
+        # the schedule is defined per epoch: continue at this epoch's start (an elastic run that resumed with
+        # another worker count has another number of steps per epoch)
+        self.scheduler.last_epoch = self.start_epoch * self.steps_per_epoch
+        self._apply_recipe_values()
         if self.rank == 0 and self.verbose:
             print(f"resumed from epoch {state['epoch'] + 1} (lr {self.scheduler.get_last_lr()[1]:.3g})", flush=True)
 
@@ -291,9 +301,10 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                 logits = self.net(x)
             loss = self.loss_fn(logits, y)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; the run "
-                                    f"stops here (lower --lr, currently {self.cfg.lr:g}, or check the labels)")
+            if self._any_rank(not torch.isfinite(loss).item()):  # every rank stops at the same step
+                raise TrainingError(f"loss became non-finite ({loss.item()} on rank {self.rank}) at epoch {epoch + 1} "
+                                    f"step {step + 1}; the run stops here (lower --lr, currently {self.cfg.lr:g}, or "
+                                    "check the labels)")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -357,6 +368,7 @@ class Trainer:
                 self.stale += 1
             metrics["best_" + cfg.metric] = self.best if self.best is not None else float("nan")
             metrics["steps"] = (epoch + 1) * self.steps_per_epoch
+            metrics["workers"] = self.world
             self.history.append(metrics)
             state = manifest = None
             if self.rank == 0:
@@ -401,6 +413,14 @@ class Trainer:
               f"val_loss {m['val_loss']:.4f}  mIoU {miou if math.isfinite(miou) else float('nan'):.4f}  "
               f"lr {m['lr']:.3g}  {m['images_per_s']:.1f} img/s  {m['epoch_time_s']:.1f} s  ETA {eta}",
               flush=True)
+
+    def _any_rank(self, flag: bool) -> bool:
+        """Whether `flag` holds on any rank (one scalar all-reduce), so all ranks take the same branch."""
+        if self.world == 1 or not (dist.is_available() and dist.is_initialized()):
+            return flag
+        value = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(value)
+        return bool(value.item() > 0)
 
     def _worker_places(self) -> list[dict[str, str]]:
         """Where each rank runs (node address and id), gathered from all ranks."""

@@ -26,6 +26,8 @@ def test_unknown_yaml_key_is_refused_naming_it_and_the_allowed_keys(make_dataset
     ("threshold: 300\n", "threshold"),
     ("colors: [[0, 0]]\n", "colors"),
     ("classes: [a, b]\nnum_classes: 3\n", "num_classes"),
+    ("threshold: '127'\n", "threshold: expected an integer grey level from 0 to 254, got '127'"),
+    ("target_below: 1\n", "target_below: expected true or false"),
 ])
 def test_bad_yaml_values_name_the_key(make_dataset, yaml, key):
     with pytest.raises(DataError, match=key):

@@ -56,6 +56,14 @@ def test_help_shows_the_schema_defaults_and_flags_are_declared_once():
     assert (cfg.lr, cfg.min_steps, cfg.epochs) == (0.01, 7, TrainConfig().epochs)
 
 
+def test_workers_flag_takes_a_count_or_an_elastic_range():
+    assert train_config(build_parser().parse_args(["train", "--workers", "3"])).worker_range == (3, 3)
+    elastic = train_config(build_parser().parse_args(["train", "--workers", "1", "4"]))
+    assert elastic.worker_range == (1, 4) and elastic.to_dict()["workers"] == [1, 4]
+    with pytest.raises(ConfigError, match="1 <= min <= max"):
+        train_config(build_parser().parse_args(["train", "--workers", "4", "1"]))
+
+
 def test_label_and_weights_flags_reach_the_config():
     args = build_parser().parse_args(["tune", "--num-classes", "3", "--label-mode", "index", "--ignore-index", "0",
                                       "--threshold", "100", "--weights", "enc.pth"])
@@ -88,6 +96,8 @@ def test_diff_lists_nested_keys():
     ({"scheduler": {"type": "pbt", "grace_period": 2}, "searcher": {"type": "random"}}, "unknown key 'grace_period'"),
     ({"searcher": {"type": "optuna"}, "search": {"lr": {"grid": [0.1, 0.01]}}}, "searcher.type: random"),
     ({"samples": 0}, "samples"),
+    ({"scheduler": {"type": "asha", "grace_period": "two"}}, "scheduler.grace_period: input should be a valid integer"),
+    ({"resources": {"workers_per_trial": 1.5}}, "resources.workers_per_trial"),
     ({"resources": {"gpus": 1}}, "unknown key 'gpus'"),
 ])
 def test_search_config_errors_name_the_key(raw, needle):

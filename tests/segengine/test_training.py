@@ -174,3 +174,15 @@ def test_plugin_file_outside_repo_is_imported_on_workers(ray_local, tmp_path):
     assert checkpoint.read_manifest(summary["best_checkpoint"])["encoder"] == "outside-mini"
 
 
+
+
+def test_a_deterministic_worker_error_ends_the_run_at_once(ray_local, tmp_path):
+    """A diverging loss (every rank sees it at the same step) is not retried by FailureConfig: one line, at once."""
+    from segengine.runprep import RunError
+
+    cfg = tiny_config(storage=str(tmp_path), name="nan", epochs=3, lr=1e12, max_failures=2)
+    with pytest.raises(RunError) as err:
+        train(cfg)
+    message = str(err.value)
+    assert message.startswith("training failed: loss became non-finite") and "not retried" in message, message
+    assert "\n" not in message and not list((tmp_path / "nan").glob("checkpoint_epoch_*"))
