@@ -11,6 +11,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -166,6 +168,26 @@ def test_local_storage_path_refused_on_multi_node_cluster(cluster: NetnsCluster,
     assert not target.exists()
 
 
+def _wait_for(history: Path, driver: subprocess.Popen, log: Path, ready, what: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not (history.exists() and ready(history_rows(history.read_text()))):
+        assert driver.poll() is None, f"run ended before {what}:\n{file_tail(log)}"
+        assert time.monotonic() < deadline, f"no {what} in {timeout:.0f} s:\n{file_tail(log)}"
+        time.sleep(0.2)
+
+
+@contextmanager
+def driving(cluster: NetnsCluster, argv: list[str], log: Path) -> Iterator[subprocess.Popen]:
+    """A driver on the head (RAY_ADDRESS set, as `ray start` users do), killed if the test leaves it running."""
+    driver = cluster.popen(argv, log, env={"RAY_ADDRESS": cluster.gcs_address})
+    try:
+        yield driver
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+
+
 def test_worker_node_killed_mid_run_recovers_from_last_checkpoint(cluster: NetnsCluster):
     """Driver from a shell on the head (RAY_ADDRESS set, as `ray start` users do); the worker node dies after the
     second finished epoch and comes back: the run restarts from the checkpoint, epochs already done are kept.
@@ -175,26 +197,17 @@ def test_worker_node_killed_mid_run_recovers_from_last_checkpoint(cluster: Netns
     epochs = 8
     run_dir = cluster.shared / "runs" / "killed"
     log = cluster.root / "killed-driver.log"
-    driver = cluster.popen(train_argv(storage=f"file://{cluster.shared}/runs", name="killed", epochs=epochs,
-                                      data="synth:n_train=32,n_val=8,size=64"),
-                           log, env={"RAY_ADDRESS": cluster.gcs_address})
-    try:
-        deadline = time.monotonic() + 300
-        history = run_dir / "history.csv"
-        while not (history.exists() and len(history_rows(history.read_text())) >= 2):
-            assert driver.poll() is None, f"run ended before its first epoch:\n{file_tail(log)}"
-            assert time.monotonic() < deadline, f"no epoch finished in 300 s:\n{file_tail(log)}"
-            time.sleep(0.2)
+    argv = train_argv(storage=f"file://{cluster.shared}/runs", name="killed", epochs=epochs,
+                      data="synth:n_train=32,n_val=8,size=64")
+    history = run_dir / "history.csv"
+    with driving(cluster, argv, log) as driver:
+        _wait_for(history, driver, log, lambda rows: len(rows) >= 2, "two epochs")
         cluster.kill_worker()
         before = history_rows(history.read_text())
         assert len(before) < epochs, "the run finished before the node was killed; make epochs longer"
         cluster.probe("nodes", "--expect", cluster.head.ip, "--timeout", "120", timeout=200)  # death noticed
         cluster.restart_worker()
         driver.wait(timeout=480)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-            driver.wait()
     assert driver.returncode == 0, file_tail(log, 80)
     after = history_rows(history.read_text())
     assert epochs_of(after) == list(range(1, epochs + 1)), "every epoch exactly once"
@@ -202,14 +215,6 @@ def test_worker_node_killed_mid_run_recovers_from_last_checkpoint(cluster: Netns
     assert after[:kept] == before[:kept], "epochs finished before the failure are kept, not trained again"
     ips = json.loads((run_dir / "workers.json").read_text())["worker_ips"]
     assert sorted(ips) == [cluster.head.ip, cluster.worker.ip], "the restarted node hosts a worker again"
-
-
-def _wait_for(history: Path, driver: subprocess.Popen, log: Path, ready, what: str, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while not (history.exists() and ready(history_rows(history.read_text()))):
-        assert driver.poll() is None, f"run ended before {what}:\n{file_tail(log)}"
-        assert time.monotonic() < deadline, f"no {what} in {timeout:.0f} s:\n{file_tail(log)}"
-        time.sleep(0.2)
 
 
 def test_elastic_run_goes_on_without_a_lost_node_and_grows_back(cluster: NetnsCluster):
@@ -223,9 +228,8 @@ def test_elastic_run_goes_on_without_a_lost_node_and_grows_back(cluster: NetnsCl
     argv = train_argv(storage=f"file://{cluster.shared}/runs", name="elastic", epochs=epochs,
                       data="synth:n_train=32,n_val=8,size=64", extra=("--config", str(recipe)))
     argv[argv.index("--workers") + 1:argv.index("--workers") + 2] = ["1", "2"]
-    driver = cluster.popen(argv, log, env={"RAY_ADDRESS": cluster.gcs_address})
     history = run_dir / "history.csv"
-    try:
+    with driving(cluster, argv, log) as driver:
         _wait_for(history, driver, log, lambda rows: len(rows) >= 2, "two epochs")
         cluster.kill_worker()
         _wait_for(history, driver, log, lambda rows: any(r["workers"] == "1" for r in rows),
@@ -233,10 +237,6 @@ def test_elastic_run_goes_on_without_a_lost_node_and_grows_back(cluster: NetnsCl
         assert driver.poll() is None, "the run finished before the node came back; make epochs longer"
         cluster.restart_worker()
         driver.wait(timeout=600)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-            driver.wait()
     assert driver.returncode == 0, file_tail(log, 80)
     rows = history_rows(history.read_text())
     assert epochs_of(rows) == list(range(1, epochs + 1)), "every epoch exactly once"
