@@ -22,20 +22,14 @@ def _add_tile_flag(p: argparse.ArgumentParser) -> None:
                         "checkpoint's recipe validated")
 
 
-def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--address", default=None,
-                   help="Ray cluster address (auto or HOST:PORT); default: $RAY_ADDRESS, else a local Ray")
-    p.add_argument("--storage", default=None, metavar="PATH_OR_URI",
-                   help="where runs and checkpoints go: a folder, file:// (shared mount), s3://, gs:// "
-                        "(default: ./runs)")
-    p.add_argument("--name", default=None, help="run name (a new name starts a run)")
+def _add_run_mode_flags(p: argparse.ArgumentParser) -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the run NAME from its latest checkpoint")
     mode.add_argument("--overwrite", action="store_true", help="delete the run NAME and start again")
 
 
 def _add_training_flags(p: argparse.ArgumentParser, command: str) -> None:
-    """--config, then every flag the config schema declares (segengine.config.flag), then plugins and run flags."""
+    """--config, every flag the config schema declares (segengine.config.flag), plugins, --resume/--overwrite."""
     from segengine.config import cli_flags
 
     p.add_argument("--config", default=None, metavar="FILE.yaml",
@@ -43,7 +37,7 @@ def _add_training_flags(p: argparse.ArgumentParser, command: str) -> None:
     for option, kwargs in cli_flags(command):
         p.add_argument(option, **kwargs)
     _add_plugin_flag(p)
-    _add_cluster_flags(p)
+    _add_run_mode_flags(p)
 
 
 def _version() -> str:
@@ -148,9 +142,18 @@ def _one_line_warnings() -> None:
     warnings.simplefilter("once", UserWarning)
 
 
+def _respect_no_color() -> None:
+    """NO_COLOR (https://no-color.org): Ray's prefixes of worker lines ("(RayTrainWorker pid=...)") uncoloured."""
+    import os
+
+    if os.environ.get("NO_COLOR"):
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _one_line_warnings()
+    _respect_no_color()
     try:
         return _run(args)
     except KeyboardInterrupt:

@@ -44,9 +44,10 @@ class ConfigError(ValueError):
 
 
 def flag(default: Any = dataclasses.MISSING, help: str = "", *, name: str | None = None,  # noqa: A002
-         choices: tuple[str, ...] | None = None, train_only: bool = False, factory: Any = dataclasses.MISSING):
+         choices: tuple[str, ...] | None = None, train_only: bool = False, metavar: str | None = None,
+         factory: Any = dataclasses.MISSING):
     """A config field that is also a CLI flag (`--name`, default: the key with dashes)."""
-    meta = {"help": help, "flag": name, "choices": choices, "train_only": train_only}
+    meta = {"help": help, "flag": name, "choices": choices, "train_only": train_only, "metavar": metavar}
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -159,9 +160,11 @@ class TrainConfig:
     keep_checkpoints: int = 2
     elastic_resize_s: float = 60.0  # elastic workers: how often Train checks whether the worker group can grow
     # run
-    storage: str = "runs"
-    name: str | None = None
-    address: str | None = None
+    storage: str = flag("runs", "where runs and checkpoints go: a folder, file:// (a mount every node shares), s3://, "
+                        "gs://", metavar="PATH_OR_URI")
+    name: str | None = flag(None, "run name (a new name starts a run; default: ENCODER-DATE-TIME)")
+    address: str | None = flag(None, "Ray cluster address (auto or HOST:PORT); default: $RAY_ADDRESS, else a "
+                               "local Ray", metavar="ADDRESS")
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -348,7 +351,7 @@ def cli_flags(command: str) -> list[tuple[str, dict[str, Any]]]:
             kw.update(nargs="+", type=float, metavar="W")
         else:
             kw["type"] = int if kind.startswith("int") else float if kind.startswith("float") else str
-            kw["metavar"] = option.replace("-", "_").upper()
+            kw["metavar"] = f.metadata["metavar"] or option.replace("-", "_").upper()
         if f.metadata["choices"]:
             kw["choices"] = list(f.metadata["choices"])
             kw.pop("metavar", None)
@@ -356,12 +359,9 @@ def cli_flags(command: str) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-RUN_FLAGS = ("storage", "name", "address")  # cluster flags of train and tune, declared with the run options
-
-
 def flag_overrides(args: Any) -> dict[str, Any]:
     """The config keys that CLI flags set explicitly (plugins are appended, not replaced)."""
-    keys = [f.name for f in dataclasses.fields(TrainConfig) if "help" in f.metadata] + list(RUN_FLAGS)
+    keys = [f.name for f in dataclasses.fields(TrainConfig) if "help" in f.metadata]
     out = {key: getattr(args, key) for key in keys if getattr(args, key, None) is not None}
     if "input_size" in out:
         out["input_size"] = list(out["input_size"])

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import re
 import signal
 import subprocess
@@ -110,7 +111,8 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path):
             "--input-size", "64", "64", "--batch-size", "4", "--epochs", "5", "--lr", "0.002", "--lr-decay", "0.5",
             "--workers", "1", "--storage", str(tmp_path), "--name", "r"]
     run_dir = tmp_path / "r"
-    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {**os.environ, "NO_COLOR": "1"}
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.time() + 240
     while len(checkpoint.list_complete(str(run_dir))) < 2 or not (run_dir / "history.csv").exists() \
             or len(_history(str(run_dir))) < 2:
@@ -119,12 +121,13 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path):
     proc.send_signal(signal.SIGINT)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode != 0 and "--resume" in out, out
+    assert "RayTrainWorker pid=" in out and "\x1b[" not in out  # NO_COLOR: worker lines without colour codes
     done = len(_history(str(run_dir)))
     assert 2 <= done < 5
     hint = re.search(r"resume with:\n\s+python launch.py (train .*--resume)", out).group(1).split()
     assert "--epochs" not in hint  # the saved config.yaml has the budget: the printed command is the whole resume
     resumed = subprocess.run([sys.executable, str(REPO / "launch.py"), *hint], cwd=REPO, capture_output=True,
-                             text=True, timeout=300)
+                             text=True, timeout=300, env=env)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     resumed_from = int(re.search(r"resumed from epoch (\d+)", resumed.stdout).group(1))
     assert 1 <= resumed_from <= done  # the latest checkpoint Train registered (it consumes reports one behind)

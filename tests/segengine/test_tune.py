@@ -81,7 +81,8 @@ def test_killed_driver_resumes_trials_from_their_checkpoints(tmp_path):
     first_epoch = {n: (trials / n / "history.csv").read_text().splitlines()[1] for n in first_done}
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, as a dying shell would
     proc.wait(timeout=60)
-    resumed = subprocess.run([*args, "--resume"], cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    resume = [sys.executable, str(REPO / "launch.py"), "tune", "--name", "k", "--storage", str(tmp_path), "--resume"]
+    resumed = subprocess.run(resume, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)  # name only
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     rows = _rows(tmp_path / "k")
     assert sorted(float(r["lr"]) for r in rows) == [1e-3, 2e-3, 3e-3]
