@@ -33,8 +33,7 @@ def saved_run_config(args: argparse.Namespace, command: str) -> dict:
     if command == "tune":
         search_file = storage.join(run_dir, "search.yaml")
         search = (yaml.safe_load(storage.read_text(search_file)) or {}) if storage.exists(search_file) else {}
-        resources = {"workers_per_trial": raw.get("workers", 0), "cpus_per_worker": raw.get("cpus_per_worker", 1)}
-        raw = {"train": raw, **search, "resources": resources}
+        raw = {"train": raw, **search}  # search.yaml holds the whole search, resources included
     return raw
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from segengine import checkpoint, ray_adapter
+from segengine import checkpoint
 from segengine.config import TrainConfig
 from segengine.runprep import PreparedRun, prepare, print_plan, resume_hint, save_config
 from segengine.worker import train_func
@@ -22,6 +22,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
             print_plan(prep, False)
             train_func(prep.worker_config("local"))
         else:
+            from segengine import ray_adapter  # imports Ray: not for --workers 0
+
             with ray_adapter.ray_session(cfg.address, cfg.plugins):
                 use_gpu = ray_adapter.check_cluster(cfg, cfg.worker_range[0])  # elastic: the minimum must fit
                 save_config(prep.run_dir, cfg)  # only once the run can start: a refused run leaves nothing behind

@@ -435,7 +435,9 @@ def tune_run(settings: TuneSettings, *, name: str | None, storage_root: str, add
             save_config(tune_dir, cfg)
             storage.write_bytes(storage.join(tune_dir, "search.yaml"), yaml.safe_dump(
                 {"search": settings.search, "class_weights": settings.class_weights,
-                 "scheduler": settings.scheduler, "searcher": settings.searcher, "samples": settings.samples},
+                 "scheduler": settings.scheduler, "searcher": settings.searcher, "samples": settings.samples,
+                 "resources": {"workers_per_trial": settings.workers_per_trial,
+                               "cpus_per_worker": settings.cpus_per_worker}},
                 sort_keys=False).encode())
         space = param_space(settings, cfg, meta)
         max_epochs = min(settings.scheduler.get("max_epochs", cfg.epochs), cfg.epochs)
