@@ -20,6 +20,9 @@ def _add_tile_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile", action=argparse.BooleanOptionalAction, default=None,
                    help="sliding windows at native resolution (--no-tile: letterbox); default: how the "
                         "checkpoint's recipe validated")
+    p.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None,
+                   help="windows: average each window over its 4 flips (4x the time); default: as the recipe "
+                        "validated")
 
 
 def _add_run_mode_flags(p: argparse.ArgumentParser) -> None:

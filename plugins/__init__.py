@@ -12,13 +12,16 @@ distribution, and everything else keeps working. Shipping is Ray's: `runtime_env
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.util
 import os
 import sys
+import traceback
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from importlib import metadata
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
@@ -26,9 +29,10 @@ from zoo._registry import one_line, registering_as
 
 GROUP = "unet_zoo.encoders"
 NO_AUTOLOAD_ENV = "UNET_ZOO_NO_AUTOLOAD"
+TRACEBACK_ENV = "UNET_ZOO_PLUGIN_TRACEBACK"  # =1: a plugin that fails to import prints its full traceback
 
-__all__ = ["GROUP", "NO_AUTOLOAD_ENV", "PluginError", "PluginWarning", "autoload", "load_on_worker", "load_plugins",
-           "resolve_plugin_refs", "runtime_env"]
+__all__ = ["GROUP", "NO_AUTOLOAD_ENV", "PluginError", "PluginWarning", "autoload", "install_hint", "load_on_worker",
+           "load_plugins", "provenance", "resolve_plugin_refs", "runtime_env"]
 
 
 class PluginWarning(UserWarning):
@@ -43,6 +47,7 @@ class PluginError(RuntimeError):
 
 _autoloaded: list[str] | None = None
 _loaded: set[str] = set()  # module names, absolute file paths and entry points imported so far
+_origins: dict[str, dict[str, str]] = {}  # registration source -> where its code came from (see provenance)
 
 
 def _is_file_ref(ref: str) -> bool:
@@ -73,17 +78,70 @@ def _import_file(path: Path) -> None:
         raise
 
 
-def _load(ref: str, source: str, load: Callable[[], object]) -> BaseException | None:
-    """Import once; the error, if the plugin failed."""
+def _load(ref: str, source: str, load: Callable[[], object], origin: Callable[[], dict[str, str]]
+          ) -> BaseException | None:
+    """Import once, remembering where the code came from; the error, if the plugin failed."""
     if ref in _loaded:
         return None
     try:
         with registering_as(source):
             load()
     except Exception as err:
+        if _enabled(TRACEBACK_ENV):
+            traceback.print_exception(err, file=sys.stderr)
         return err
     _loaded.add(ref)
+    _origins[source] = origin()
     return None
+
+
+def _enabled(variable: str) -> bool:
+    return os.environ.get(variable, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _failure(err: BaseException) -> str:
+    """One line: the exception and, unless its message already says, the file and line of the failing
+    statement (the innermost frame outside the import machinery)."""
+    frames = [f for f in traceback.extract_tb(err.__traceback__)
+              if not f.filename.startswith("<frozen") and "importlib" not in f.filename]
+    where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames and not isinstance(err, SyntaxError) else ""
+    return f"{one_line(err)}{where}"
+
+
+def _file_origin(path: Path) -> dict[str, str]:
+    return {"kind": "file", "path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+@functools.cache
+def _distributions() -> Mapping[str, list[str]]:
+    return metadata.packages_distributions()  # scans every installed distribution once
+
+
+def _module_origin(module: str) -> dict[str, str]:
+    """The distribution that installs `module`'s top-level package, with its version, when there is one."""
+    dists = _distributions().get(module.split(".")[0]) or []
+    if not dists:
+        return {"kind": "module", "module": module}
+    return {"kind": "module", "module": module, "distribution": dists[0], "version": metadata.version(dists[0])}
+
+
+def provenance(source: str) -> dict[str, str]:
+    """Where the encoders registered under `source` (their spec's `source`) came from, for checkpoint manifests:
+    built-in, a plugin file (path and SHA-256), or a module / entry point (distribution and version)."""
+    if source == "built-in":
+        return {"kind": "built-in"}
+    return dict(_origins.get(source) or _module_origin(source))
+
+
+def install_hint(origin: dict[str, str]) -> str:
+    """How to get an encoder of this provenance on another machine."""
+    if origin.get("kind") == "file":
+        return f"load its plugin file with --plugin {origin['path']} (sha256 {origin['sha256'][:12]}...)"
+    if origin.get("distribution"):
+        return f"install its plugin: pip install {origin['distribution']}=={origin['version']}"
+    if origin.get("module"):
+        return f"load its plugin module with --plugin {origin['module']}"
+    return "install the plugin that registers it"
 
 
 def load_plugins(names: Sequence[str]) -> list[str]:
@@ -92,12 +150,14 @@ def load_plugins(names: Sequence[str]) -> list[str]:
     for name in names:
         if _is_file_ref(name):
             path = Path(resolve_plugin_refs([name])[0])
-            err = _load(str(path), path.stem, lambda path=path: _import_file(path))
+            err = _load(str(path), path.stem, lambda path=path: _import_file(path),
+                        lambda path=path: _file_origin(path))
         else:
-            err = _load(name, name, lambda name=name: importlib.import_module(name))
+            err = _load(name, name, lambda name=name: importlib.import_module(name),
+                        lambda name=name: _module_origin(name))
         if err is not None:
-            raise PluginError(f"plugin {name!r} could not be loaded: {one_line(err)} (fix it, or drop it from "
-                              "--plugin / plugins:)") from None
+            raise PluginError(f"plugin {name!r} could not be loaded: {_failure(err)} (fix it, or drop it from "
+                              f"--plugin / plugins:; {TRACEBACK_ENV}=1 prints the traceback)") from None
     return list(names)
 
 
@@ -114,6 +174,14 @@ def load_on_worker(refs: Sequence[str]) -> list[str]:
     return load_plugins([r if not _is_file_ref(r) or Path(r).is_file() else Path(r).stem for r in refs])
 
 
+def _entry_point_origin(ep: EntryPoint) -> dict[str, str]:
+    dist = getattr(ep, "dist", None)
+    origin = {"kind": "entry point", "entry_point": f"{ep.name} = {ep.value}"}
+    if dist is not None:
+        origin.update(distribution=dist.name, version=dist.version)
+    return origin
+
+
 def _load_entry_point(ep: EntryPoint) -> None:
     obj = ep.load()
     if callable(obj):
@@ -124,16 +192,17 @@ def autoload() -> list[str]:
     """Load every installed plugin (entry points in group `unet_zoo.encoders`) once; returns their names.
     Set UNET_ZOO_NO_AUTOLOAD=1 to skip this (explicitly named plugins still load)."""
     global _autoloaded
-    if os.environ.get(NO_AUTOLOAD_ENV, "").strip().lower() not in ("", "0", "false", "no"):
+    if _enabled(NO_AUTOLOAD_ENV):
         return []
     if _autoloaded is None:
         _autoloaded = []
         for ep in entry_points(group=GROUP):
-            err = _load(f"{ep.name} = {ep.value}", ep.name, lambda ep=ep: _load_entry_point(ep))
+            err = _load(f"{ep.name} = {ep.value}", ep.name, lambda ep=ep: _load_entry_point(ep),
+                        lambda ep=ep: _entry_point_origin(ep))
             if err is None:
                 _autoloaded.append(ep.name)
                 continue
             dist = getattr(getattr(ep, "dist", None), "name", None) or "unknown distribution"
             warnings.warn(f"installed plugin {ep.name!r} ({dist}, entry point {ep.value}) was not loaded "
-                          f"({one_line(err)}); its encoders are unavailable", PluginWarning, stacklevel=2)
+                          f"({_failure(err)}); its encoders are unavailable", PluginWarning, stacklevel=2)
     return list(_autoloaded)

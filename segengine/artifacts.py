@@ -61,8 +61,12 @@ class RunArtifacts:
         return self._tb
 
     def write_workers(self, places: list[dict[str, str]]) -> None:
-        info = {"worker_ips": [p["ip"] for p in places], "worker_node_ids": [p["node_id"] for p in places]}
-        (self.local / "workers.json").write_text(json.dumps(info, indent=2))
+        self.write_json("workers.json", {"worker_ips": [p["ip"] for p in places],
+                                         "worker_node_ids": [p["node_id"] for p in places],
+                                         "worker_precision": [p["precision"] for p in places]})
+
+    def write_json(self, name: str, info: dict[str, Any]) -> None:
+        (self.local / name).write_text(json.dumps(info, indent=2))
         self._sync()
 
     def epoch_done(self, history: list[dict[str, Any]], checkpoint_path: str | None, scores: dict) -> None:

@@ -197,9 +197,11 @@ def build_model(path: str, plugin_refs: list[str] | None = None):
         model = zoo.create_model(encoder, manifest["num_classes"], in_channels=manifest["in_channels"],
                                  **manifest.get("model_kwargs", {}))
     except zoo.UnknownEncoderError:
+        origin = manifest.get("encoder_source")
         named = manifest.get("plugins") or []
-        hint = (f"it came from plugin(s) {', '.join(named)}: pass --plugin for them" if named
-                else "install the plugin that registers it")
+        hint = (plugins.install_hint(origin) if origin
+                else f"it came from plugin(s) {', '.join(named)}: pass --plugin for them" if named
+                else "install the plugin that registers it")  # checkpoints from before encoder_source
         raise CheckpointError(f"{path}: encoder '{encoder}' is not registered here; {hint}") from None
     model.load_state_dict(state["model"])
     return model.eval(), manifest

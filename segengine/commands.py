@@ -86,7 +86,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from segengine.inference import evaluate as run_evaluate
 
     run_evaluate(args.checkpoint, args.data, split=args.split, workers=args.workers, out=args.out,
-                 address=args.address, plugin_refs=args.plugin, tile=args.tile)
+                 address=args.address, plugin_refs=args.plugin, tile=args.tile, mirror=args.mirror)
     return 0
 
 
@@ -95,7 +95,7 @@ def predict(args: argparse.Namespace) -> int:
     from segengine.inference import predict as run_predict
 
     result = run_predict(args.checkpoint, args.inputs, args.out, tile=args.tile, overlap=args.overlap,
-                         counts=args.counts, plugin_refs=args.plugin)
+                         mirror=args.mirror, counts=args.counts, plugin_refs=args.plugin)
     return 1 if result.skipped else 0
 
 

@@ -89,7 +89,9 @@ class TrainConfig:
     schema_version: int = SCHEMA_VERSION
     # model
     encoder: str = flag("mini", "encoder name (see `launch.py encoders`)")
-    encoder_kwargs: dict = field(default_factory=dict)
+    encoder_kwargs: dict = flag(help="builder options of the encoder, KEY=VALUE (repeatable; values read as "
+                                "YAML), e.g. base_width=64 for unet, alpha=0.5 for mobilenet",
+                                name="encoder-kwargs", metavar="KEY=VALUE", factory=dict)
     weights: str | None = flag(None, "initial weights: a pretrained tag of the encoder (e.g. imagenet, downloaded by "
                                "its library) or a local .pt/.pth/.safetensors/.h5 file; default: random init")
     plugins: list[str] = field(default_factory=list)
@@ -105,6 +107,7 @@ class TrainConfig:
                            "blended", choices=VALIDATIONS)
     val_window: IntPair | None = None  # sliding validation window (None: input_size)
     val_overlap: float = 0.25
+    val_mirror: bool = False  # sliding windows: average each window's softmax over its 4 flips (nnU-Net's TTA)
     val_every: int = flag(1, "validate every K epochs (and always at the last one)")
     num_classes: int | None = flag(None, "classes of an index-mode dataset (default: dataset.yaml, else inferred)")
     label_mode: str | None = flag(None, "how label files encode classes: index (pixel = class id) or threshold "
@@ -349,6 +352,8 @@ def cli_flags(command: str) -> list[tuple[str, dict[str, Any]]]:
             kw.update(nargs=2, type=int if "Int" in kind else float, metavar=("H", "W"))
         elif kind.startswith("list[float]"):
             kw.update(nargs="+", type=float, metavar="W")
+        elif kind.startswith("dict"):
+            kw.update(action="append", type=_key_value, metavar=f.metadata["metavar"])
         else:
             kw["type"] = int if kind.startswith("int") else float if kind.startswith("float") else str
             kw["metavar"] = f.metadata["metavar"] or option.replace("-", "_").upper()
@@ -359,12 +364,23 @@ def cli_flags(command: str) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
+def _key_value(text: str) -> tuple[str, Any]:
+    import argparse
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: use KEY=VALUE, e.g. base_width=64")
+    return key.strip(), yaml.safe_load(value)
+
+
 def flag_overrides(args: Any) -> dict[str, Any]:
     """The config keys that CLI flags set explicitly (plugins are appended, not replaced)."""
     keys = [f.name for f in dataclasses.fields(TrainConfig) if "help" in f.metadata]
     out = {key: getattr(args, key) for key in keys if getattr(args, key, None) is not None}
     if "input_size" in out:
         out["input_size"] = list(out["input_size"])
+    if "encoder_kwargs" in out:  # [(key, value), ...] from repeated KEY=VALUE
+        out["encoder_kwargs"] = dict(out["encoder_kwargs"])
     if "workers" in out:  # --workers N, or --workers MIN MAX (elastic)
         if len(out["workers"]) > 2:
             raise ConfigError(f"--workers takes N or MIN MAX, got {' '.join(map(str, out['workers']))}")

@@ -12,6 +12,16 @@ import torch.distributed as dist
 
 from segdata import IGNORE
 
+# an epoch's validation figures in history.csv / ray.train.report -> their key in MetricAccumulator.compute()
+VAL_SCORES = {"val_loss": "loss", "val_miou": "miou", "val_mdice": "mdice", "val_pixel_acc": "pixel_acc",
+              "val_f_score": "f_score"}
+TRAIN_FIGURES = ("train_loss", "lr", "images_per_s", "epoch_time_s", "epoch")
+
+
+def epoch_metric_names(classes: list[str]) -> list[str]:
+    """Every metric an epoch reports, i.e. what `metric:` (best checkpoint, early stopping, Tune) may name."""
+    return [*VAL_SCORES, *TRAIN_FIGURES, *(f"val_{kind}_{name}" for kind in ("iou", "dice") for name in classes)]
+
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
     """C x C int64 matrix, rows = true class, columns = predicted class; ignored pixels dropped."""

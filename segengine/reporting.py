@@ -89,6 +89,12 @@ class LocalReporter(Reporter):
 class TuneReporter(Reporter):
     """An in-process Tune trial; Tune owns its checkpoints."""
 
+    def __init__(self, run_dir: str, keep: int, metric: str, mode: str):
+        super().__init__(run_dir, keep, metric, mode)
+        # Tune logs "Checkpoint successfully created at: ..." at INFO for every trial and epoch; the trial
+        # table and results.csv say where checkpoints are
+        logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+
     @contextmanager
     def restored(self):
         from ray import tune
@@ -114,8 +120,9 @@ class TuneReporter(Reporter):
 
 
 class RayTrainReporter(Reporter):
-    """A Ray Train worker; Ray owns checkpoint persistence, retention and restoration."""
-
+    """A Ray Train worker; Ray owns checkpoint persistence, retention and restoration. Uploads are synchronous:
+    with `CheckpointUploadMode.ASYNC` reports of epochs shorter than the controller's poll interval pile up
+    unregistered, and a node lost mid-run then costs several epochs instead of one (tests/cluster)."""
 
     def __init__(self, run_dir: str, keep: int, metric: str, mode: str):
         import ray
@@ -142,11 +149,14 @@ class RayTrainReporter(Reporter):
 
     reports_fatal = True
 
-    def record_fatal(self, message: str) -> None:
-        """Leave `message` for the driver and let the workers end normally: FailureConfig retries any exception,
-        and Train keeps only checkpointed reports in its result."""
-        if self.world_rank == 0:
+    def record_fatal(self, message: str, this_rank_only: bool = False) -> None:
+        """Leave `message` for the driver (FailureConfig retries any exception, so deterministic ones are recorded
+        instead): written by rank 0 when every rank met it, by the rank that met it otherwise."""
+        if this_rank_only or self.world_rank == 0:
             storage.write_bytes(storage.join(self.run_dir, FATAL_FILE), message.encode())
+
+    def fatal_recorded(self) -> bool:
+        return storage.exists(storage.join(self.run_dir, FATAL_FILE))
 
     @contextmanager
     def restored(self):

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+import torch
 import yaml
 
 import plugins
@@ -17,6 +18,8 @@ import zoo
 from segengine import storage
 from segengine.cluster import redact
 from segengine.config import ConfigError, TrainConfig, diff_configs
+from segengine.metrics import epoch_metric_names
+from segengine.precision import Precision
 
 CONFIG_FILE = "config.yaml"
 # Keys that may change on --resume: the epoch budget, and how the driver reaches the cluster.
@@ -117,18 +120,9 @@ def check_sizes(cfg: TrainConfig, spec: zoo.EncoderSpec) -> None:
                               f"{down[0]} {down[1]} or {up[0]} {up[1]}")
 
 
-# What every epoch reports (segengine.worker); per-class entries follow the dataset's class names.
-EPOCH_METRICS = ("val_miou", "val_loss", "val_mdice", "val_pixel_acc", "val_f_score", "train_loss", "lr",
-                 "images_per_s", "epoch_time_s", "epoch")
-
-
-def metric_names(meta: segdata.DatasetMeta) -> list[str]:
-    return [*EPOCH_METRICS, *(f"val_{kind}_{name}" for kind in ("iou", "dice") for name in meta.classes)]
-
-
 def check_metric(cfg: TrainConfig, meta: segdata.DatasetMeta) -> None:
     """Best checkpoints, early stopping and searches rank by `metric`: a name no epoch reports would rank nothing."""
-    names = metric_names(meta)
+    names = epoch_metric_names(list(meta.classes))
     if cfg.metric not in names:
         close = difflib.get_close_matches(cfg.metric, names, n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
@@ -136,8 +130,9 @@ def check_metric(cfg: TrainConfig, meta: segdata.DatasetMeta) -> None:
 
 
 def check_model(cfg: TrainConfig, meta: segdata.DatasetMeta) -> None:
-    """Build the model once on the driver when the config loads weights or passes builder arguments: a bad file,
-    a shape that does not fit or an unknown argument is found here instead of by every worker."""
+    """Build the model once on the driver (create_model runs the encoder alone and checks its declared
+    features): a bad weights file, a wrong channel declaration or an unknown builder argument is found here, in
+    a second or less, instead of by every worker after Ray has started."""
     try:
         zoo.create_model(cfg.encoder, meta.num_classes, in_channels=meta.in_channels, weights=cfg.weights,
                          **cfg.encoder_kwargs)
@@ -164,8 +159,7 @@ def prepare(cfg: TrainConfig, *, resume: bool, overwrite: bool, frequencies: boo
         raise ConfigError(f"class_weights has {len(cfg.class_weights)} values but the dataset has "
                           f"{meta.num_classes} classes ({', '.join(meta.classes)})")
     check_metric(cfg, meta)
-    if cfg.weights is not None or cfg.encoder_kwargs:
-        check_model(cfg, meta)
+    check_model(cfg, meta)
     run_dir = storage.join(cfg.storage, cfg.name)
     guard_run_name(run_dir, cfg, resume=resume, overwrite=overwrite)
     return PreparedRun(cfg, run_dir, meta, data)
@@ -191,7 +185,8 @@ def print_plan(prep: PreparedRun, use_gpu: bool) -> None:
                   else "letterbox")
     print(f"model      {cfg.encoder}, {sampling}; validation {validation} every {cfg.val_every} epoch(s)")
     print(f"recipe     {cfg.optimizer} lr {cfg.lr:g} {schedule}{warmup}, loss {cfg.loss}, {cfg.epochs} epochs")
-    print(f"workers    {mode}, {cfg.cpus_per_worker} CPU(s) each{', GPU' if use_gpu else ''}; batch "
+    precision = Precision(torch.device("cuda" if use_gpu else "cpu"), cfg.amp).name  # as a worker here would pick
+    print(f"workers    {mode}, {cfg.cpus_per_worker} CPU(s) each{', GPU' if use_gpu else ''}, {precision}; batch "
           f"{cfg.batch_size} per worker = {batch} global", flush=True)
 
 

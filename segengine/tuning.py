@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 import segdata
 from segengine import storage
@@ -67,6 +67,7 @@ class SearcherSchema(_Strict):
     type: Literal["optuna", "random", "hyperopt"] = "optuna"
     n_startup: PositiveInt | None = None
     seed: StrictInt | None = None
+    start_from_recipe: StrictBool = True  # optuna: the first trial is the recipe's own values (recipe_point)
 
 
 class ResourcesSchema(_Strict):
@@ -142,7 +143,7 @@ def parse_settings(raw: dict[str, Any], where: str) -> TuneSettings:
         raise ConfigError(f"{where}: scheduler.type must be one of {', '.join(SCHEDULERS)}")
     reject_unknown_keys(sched, ["type", *SCHEDULER_KEYS[kind]], f"{where}: scheduler ({kind})")
     searcher = dict(raw.get("searcher") or {"type": "optuna"})
-    reject_unknown_keys(searcher, ["type", "n_startup", "seed"], f"{where}: searcher")
+    reject_unknown_keys(searcher, ["type", "n_startup", "seed", "start_from_recipe"], f"{where}: searcher")
     if searcher.get("type", "optuna") not in SEARCHERS:
         raise ConfigError(f"{where}: searcher.type must be one of {', '.join(SEARCHERS)}")
     if searcher.get("type", "optuna") != "random" and any("grid" in s for s in search.values()):
@@ -349,7 +350,31 @@ def trial_count(settings: TuneSettings) -> int:
                                         if d == "grid")
 
 
-def _searcher(settings: TuneSettings, metric: str, mode: str, concurrent: int):
+def recipe_point(settings: TuneSettings, space: dict[str, Any]) -> dict[str, Any] | None:
+    """The recipe's own values of the searched keys (class weights 1 where the recipe sets none), flattened as
+    Optuna names them: the search's first trial, so that it cannot end below the recipe it searches around.
+    None when a value lies outside its range, or a key is a grid (grids already fix their points)."""
+    from ray.tune.search.sample import Categorical, Domain
+
+    point: dict[str, Any] = {}
+    weights = settings.train.class_weights
+    for entry, key in searched_columns(space).values():
+        domain = space[entry][key]
+        if not isinstance(domain, Domain):
+            return None
+        value = (getattr(settings.train, key) if entry == "train"
+                 else weights[int(key)] if weights is not None else 1.0)
+        if isinstance(domain, Categorical):
+            inside = value in domain.categories
+        else:
+            inside = value is not None and domain.lower <= value <= domain.upper
+        if not inside:
+            return None
+        point[f"{entry}/{key}"] = value
+    return point or None
+
+
+def _searcher(settings: TuneSettings, metric: str, mode: str, concurrent: int, start: dict[str, Any] | None):
     kind = settings.searcher.get("type", "optuna")
     seed = settings.searcher.get("seed", settings.train.seed)
     if kind == "random":
@@ -369,7 +394,8 @@ def _searcher(settings: TuneSettings, metric: str, mode: str, concurrent: int):
     # TPE needs random start-up trials; a third of the budget (at least 2) fits small searches.
     n = settings.searcher.get("n_startup") or max(2, settings.samples // 3)
     sampler = optuna.samplers.TPESampler(n_startup_trials=n, seed=seed)
-    return ConcurrencyLimiter(OptunaSearch(metric=metric, mode=mode, sampler=sampler), max_concurrent=concurrent)
+    return ConcurrencyLimiter(OptunaSearch(metric=metric, mode=mode, sampler=sampler,
+                                           points_to_evaluate=[start] if start else None), max_concurrent=concurrent)
 
 
 class ProgressLines:
@@ -443,10 +469,16 @@ def tune_run(settings: TuneSettings, *, name: str | None, storage_root: str, add
         max_epochs = min(settings.scheduler.get("max_epochs", cfg.epochs), cfg.epochs)
         scheduler = make_scheduler(settings, space, max_epochs)
         searched = searched_columns(space)
+        start = (recipe_point(settings, space) if settings.searcher.get("type", "optuna") == "optuna"
+                 and settings.searcher.get("start_from_recipe", True) else None)
         print(f"search     {tune_dir}")
         print(f"trials     {settings.samples} sample(s) of {', '.join(searched) or 'nothing'}; "
               f"{settings.scheduler.get('type', 'asha')} scheduler, {settings.searcher.get('type', 'optuna')} "
               f"searcher, up to {max_epochs} epochs each")
+        if start:
+            values = ", ".join(f"{key.replace('class_weights/', WEIGHT_LABEL)} "
+                               f"{f'{value:g}' if isinstance(value, float) else value}" for key, value in start.items())
+            print(f"           the first trial is the recipe's own values ({values.replace('train/', '')})")
         per = ("in-process (1 worker)" if cfg.workers == 0
                else f"{cfg.workers} Ray Train worker(s) x {cfg.cpus_per_worker} CPU")
         print(f"resources  {per} per trial{', GPU' if use_gpu else ''}; {concurrent} trial(s) at once on "
@@ -471,8 +503,10 @@ def tune_run(settings: TuneSettings, *, name: str | None, storage_root: str, add
         else:
             tuner = tune.Tuner(trainable, param_space=space, run_config=run_config, tune_config=tune.TuneConfig(
                 metric=metric, mode=mode, num_samples=settings.samples, scheduler=scheduler,
-                search_alg=_searcher(settings, metric, mode, concurrent), max_concurrent_trials=concurrent,
-                reuse_actors=True, trial_dirname_creator=lambda t: t.trial_id))
+                search_alg=_searcher(settings, metric, mode, concurrent, start), max_concurrent_trials=concurrent,
+                # in-process trials reuse their actor (no restart per trial); a Train-backed trial's actor cannot
+                # be reset after its trainer ran (Tune then waits forever), and starts in under a second anyway
+                reuse_actors=settings.workers_per_trial == 0, trial_dirname_creator=lambda t: t.trial_id))
         try:
             with tune_output_off():
                 grid = tuner.fit()  # Tune turns Ctrl-C into a clean stop and returns the results so far

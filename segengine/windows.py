@@ -4,6 +4,8 @@
 Windows of the training crop size step by (1 - overlap) of their size, the last one flush with the far edge;
 their softmax outputs are blended with weights that ramp down towards each window's border, so seams vanish. An
 image smaller than a window is padded with normalised grey 128 (as the letterbox pads) and the padding is cut off.
+With `mirror`, each window's softmax is the mean over its four flips (none, left-right, up-down, both), as
+nnU-Net's default test-time mirroring: four forward passes per window, for a smoother, less biased map.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 WINDOW_BATCH = 8  # windows per forward pass
+MIRRORS = ((), (3,), (2,), (2, 3))  # flipped axes of an N x C x H x W batch
 
 
 def window_starts(size: int, window: int, overlap: float) -> list[int]:
@@ -37,7 +40,8 @@ def window_weights(height: int, width: int, overlap: float) -> torch.Tensor:
 @torch.no_grad()
 def sliding_probabilities(forward: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor,
                           window: Sequence[int], overlap: float, num_classes: int,
-                          pad_value: Sequence[float], batch: int = WINDOW_BATCH) -> torch.Tensor:
+                          pad_value: Sequence[float], batch: int = WINDOW_BATCH, mirror: bool = False
+                          ) -> torch.Tensor:
     """num_classes x H x W probabilities of a normalised C x H x W image (on the device `forward` runs on)."""
     if not 0 <= overlap < 1:
         raise ValueError(f"overlap {overlap}: use a fraction from 0 (no overlap) to below 1, e.g. 0.25")
@@ -56,7 +60,8 @@ def sliding_probabilities(forward: Callable[[torch.Tensor], torch.Tensor], image
     for start in range(0, len(spots), batch):
         chunk = spots[start:start + batch]
         crops = torch.stack([image[:, t:t + wh, s:s + ww] for t, s in chunk])
-        out = torch.softmax(forward(crops).float(), dim=1)
+        flips = MIRRORS if mirror else ((),)
+        out = sum(torch.softmax(forward(crops.flip(f)).float(), dim=1).flip(f) for f in flips) / len(flips)
         for p, (t, s) in zip(out, chunk, strict=True):
             probs[:, t:t + wh, s:s + ww] += p * weight
             total[t:t + wh, s:s + ww] += weight

@@ -29,9 +29,12 @@ from segengine.artifacts import RunArtifacts
 from segengine.cluster import redact
 from segengine.config import TrainConfig
 from segengine.losses import SegmentationLoss
-from segengine.metrics import MetricAccumulator
+from segengine.metrics import VAL_SCORES, MetricAccumulator
+from segengine.precision import Precision
 from segengine.reporting import Reporter, make_reporter
 from segengine.windows import sliding_probabilities
+
+IMPORTED_AT = time.time()  # on a Ray Train worker: when its process had imported the engine, i.e. started
 
 
 class TrainingError(RuntimeError):
@@ -152,9 +155,11 @@ def manifest_for(cfg: TrainConfig, meta: segdata.DatasetMeta, model: zoo.Segment
         "class_names": list(meta.classes), "in_channels": meta.in_channels, "input_size": list(cfg.input_size),
         "normalization": {"name": norm.name, "mean": list(norm.mean), "std": list(norm.std)},
         "label_mode": meta.label_mode, "colors": [list(c) for c in meta.colors], "dataset": meta.to_dict(),
-        "plugins": list(cfg.plugins), "model_kwargs": dict(model.model_kwargs), "config": redact(cfg.to_dict()),
+        "plugins": list(cfg.plugins), "encoder_source": plugins.provenance(model.spec.source),
+        "model_kwargs": dict(model.model_kwargs), "config": redact(cfg.to_dict()),
         "epoch": epoch, "metrics": metrics,
-        "inference": ({"mode": "sliding", "window": list(cfg.window), "overlap": cfg.val_overlap}
+        "inference": ({"mode": "sliding", "window": list(cfg.window), "overlap": cfg.val_overlap,
+                       "mirror": cfg.val_mirror}
                       if cfg.validation == "sliding" else {"mode": "letterbox"}),
         "versions": {d: version(d) for d in ("unet-zoo", "torch", "ray", "timm", "segmentation-models-pytorch")},
     }
@@ -174,21 +179,34 @@ def train_func(config: dict[str, Any]) -> None:
         warnings.simplefilter("ignore", plugins.PluginWarning)
         plugins.autoload()
     plugins.load_on_worker(cfg.plugins)
+    if reporter.reports_fatal and reporter.fatal_recorded():
+        return  # Train restarted the group after a rank's deterministic error: end at once, the driver reports it
+    started = time.time()
     try:
-        Trainer(cfg, reporter, config["data"], verbose=run.get("verbose", True)).fit()
-    except TrainingError as exc:
-        if not reporter.reports_fatal:
+        Trainer(cfg, reporter, config["data"], verbose=run.get("verbose", True), started=started).fit()
+    except Exception as exc:
+        if not (reporter.reports_fatal and getattr(exc, "user_error", False)):
             raise
-        # deterministic (every rank raised it at the same step): a retry from the last checkpoint would fail
-        # again, so the workers end normally and the driver raises the recorded message
-        reporter.record_fatal(str(exc))
+        # deterministic: a retry from the last checkpoint would fail again. Ours (every rank raised it at the same
+        # step) let the workers end normally; one rank's (a plugin's, a file's) must still end the group, whose
+        # restart then stops at the marker above. Either way the driver raises the recorded message.
+        collective = isinstance(exc, TrainingError)
+        reporter.record_fatal(str(exc), this_rank_only=not collective)
+        if not collective:
+            raise
 
 
 class Trainer:
     """One worker's view of a run: data shards, model, optimizer, epochs, metrics, checkpoints."""
 
-    def __init__(self, cfg: TrainConfig, reporter: Reporter, data: dict[str, Any], verbose: bool = True):
+    def __init__(self, cfg: TrainConfig, reporter: Reporter, data: dict[str, Any], verbose: bool = True,
+                 started: float | None = None):
         self.cfg, self.reporter, self.verbose = cfg, reporter, verbose
+        # where a run's seconds go (timings.json; benchmarks/train_overhead.py): wall clock of the start-up phases,
+        # then per epoch the time in training steps, validation, collectives and reporting
+        self.timings: dict[str, Any] = {"imported": IMPORTED_AT, "train_func": started or time.time(),
+                                        "ready": None, "first_step": None, "epochs": []}
+        self._collective_s = 0.0
         self.rank, self.world = reporter.world_rank, reporter.world_size
         self.use_gpu = torch.cuda.is_available() and cfg.use_gpu != "no"
         self.device = reporter.device(self.use_gpu)
@@ -230,9 +248,8 @@ class Trainer:
 
         if cfg.sync_bn and self.world > 1:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        self.model = model.to(self.device)
-        if self.use_gpu and cfg.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.precision = Precision(self.device, cfg.amp, cfg.channels_last)
+        self.model = self.precision.model(model.to(self.device))
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg, self.steps_per_epoch)
         self.class_weights = cfg.class_weights
         if cfg.class_weight_exponent is not None:
@@ -241,9 +258,7 @@ class Trainer:
                 freq = segdata.class_frequencies(train_samples, self.meta)
             self.class_weights = inverse_frequency_weights(freq, cfg.class_weight_exponent)
         self.loss_fn = SegmentationLoss(cfg.loss, self.meta.num_classes, self.class_weights).to(self.device)
-        self.amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) \
-            if self.use_gpu and cfg.amp else None
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision.dtype == torch.float16)
         self.history: list[dict[str, Any]] = []
         self.best: float | None = None
         self.stale = 0
@@ -251,6 +266,7 @@ class Trainer:
         self._restore()
         self.net = reporter.wrap_model(self.model)
         self.artifacts = RunArtifacts(reporter.run_dir, self.meta.classes) if self.rank == 0 else None
+        self.timings["ready"] = time.time()
 
     def _restore(self) -> None:
         with self.reporter.restored() as folder:
@@ -296,10 +312,7 @@ class Trainer:
         for step, (x, y) in enumerate(self.train_loader):
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
-            if self.use_gpu and self.cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                logits = self.net(x)
+            logits = self.precision.forward(self.net, x)
             loss = self.loss_fn(logits, y)
             if self._any_rank(not torch.isfinite(loss).item()):  # every rank stops at the same step
                 raise TrainingError(f"loss became non-finite ({loss.item()} on rank {self.rank}) at epoch {epoch + 1} "
@@ -310,6 +323,8 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
+            if self.timings["first_step"] is None:
+                self.timings["first_step"] = time.time()
             total += loss.item()
             batches += 1
             images += x.shape[0]
@@ -322,21 +337,20 @@ class Trainer:
         acc = MetricAccumulator(self.meta.num_classes, self.device)
         for x, y in self.val_loader:
             x, y = x.to(self.device), y.to(self.device)
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                if self.cfg.validation == "sliding":  # log-probabilities: CE of them is the blended NLL
-                    probs = sliding_probabilities(self._forward_eval, x[0], self.cfg.window, self.cfg.val_overlap,
-                                                  self.meta.num_classes, self.pad_value)
-                    logits = torch.log(probs.clamp_min(1e-8))[None]
-                else:
-                    logits = self.model(x)
+            if self.cfg.validation == "sliding":  # log-probabilities: CE of them is the blended NLL
+                probs = sliding_probabilities(self._forward_eval, x[0], self.cfg.window, self.cfg.val_overlap,
+                                              self.meta.num_classes, self.pad_value, mirror=self.cfg.val_mirror)
+                logits = torch.log(probs.clamp_min(1e-8))[None]
+            else:
+                logits = self._forward_eval(x)
             acc.update(logits, y, self.loss_fn(logits, y))
+        collective = time.perf_counter()
         acc.all_reduce()
+        self._collective_s += time.perf_counter() - collective
         return acc.compute(list(self.meta.classes))
 
     def _forward_eval(self, x: torch.Tensor) -> torch.Tensor:
-        if self.use_gpu and self.cfg.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.model(x)
+        return self.precision.forward(self.model, x)
 
     def fit(self) -> None:
         cfg = self.cfg
@@ -371,18 +385,26 @@ class Trainer:
             metrics["workers"] = self.world
             self.history.append(metrics)
             state = manifest = None
-            if self.rank == 0:
+            if self.rank == 0 and validate:  # a checkpoint is ranked by its own scores, never by carried ones
                 state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                          "scheduler": self.scheduler.state_dict(), "epoch": epoch, "rng": _rng_state(),
                          "history": self.history, "best": self.best, "stale_epochs": self.stale}
                 manifest = manifest_for(cfg, self.meta, self.model, self.norm, epoch, metrics)
+            report_start = time.perf_counter()
             self.reporter.report(metrics, state, manifest, epoch + 1,
                                  functools.partial(self._epoch_stored, metrics, epoch, scores))
+            self.timings["epochs"].append({"epoch": epoch + 1, "train_s": train_time,
+                                           "val_s": metrics["val_time_s"], "collective_s": self._collective_s,
+                                           "report_s": time.perf_counter() - report_start,
+                                           "epoch_s": time.perf_counter() - epoch_start})
+            self._collective_s = 0.0
             if self._should_stop(epoch + 1) and self.rank == 0 and self.verbose:
                 print(f"early stop: {cfg.metric} did not improve for {self.stale} epochs "
                       f"({metrics['steps']} steps >= min_steps {cfg.min_steps})", flush=True)
         if not reported and self.history:  # resumed after the end: repeat the last metrics for Tune/Train
             self.reporter.report(self.history[-1], None, None, int(self.history[-1]["epoch"]), lambda _: None)
+        if self.artifacts is not None:
+            self.artifacts.write_json("timings.json", self.timings)
 
     def _should_stop(self, epochs_done: int) -> bool:
         """Early stopping: `patience` epochs without improvement, never before `min_steps` optimizer steps."""
@@ -396,9 +418,9 @@ class Trainer:
                 self._print_epoch(metrics, epoch)
 
     def _epoch_metrics(self, epoch, lr, train_loss, images, train_time, scores, epoch_start) -> dict[str, Any]:
-        metrics = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "val_loss": scores["loss"],
-                   "val_miou": scores["miou"], "val_mdice": scores["mdice"], "val_pixel_acc": scores["pixel_acc"],
-                   "val_f_score": scores["f_score"], "images_per_s": images / max(train_time, 1e-9),
+        metrics = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
+                   **{name: scores[key] for name, key in VAL_SCORES.items()},
+                   "images_per_s": images / max(train_time, 1e-9),
                    "epoch_time_s": time.perf_counter() - epoch_start, "wall_time": time.time()}
         for name in self.meta.classes:
             metrics[f"val_iou_{name}"] = scores["iou"][name]
@@ -418,13 +440,15 @@ class Trainer:
         """Whether `flag` holds on any rank (one scalar all-reduce), so all ranks take the same branch."""
         if self.world == 1 or not (dist.is_available() and dist.is_initialized()):
             return flag
+        start = time.perf_counter()
         value = torch.tensor([float(flag)], device=self.device)
         dist.all_reduce(value)
+        self._collective_s += time.perf_counter() - start
         return bool(value.item() > 0)
 
     def _worker_places(self) -> list[dict[str, str]]:
         """Where each rank runs (node address and id), gathered from all ranks."""
-        mine = {"ip": self.reporter.node_ip, "node_id": self.reporter.node_id}
+        mine = {"ip": self.reporter.node_ip, "node_id": self.reporter.node_id, "precision": self.precision.name}
         if not (dist.is_available() and dist.is_initialized()):
             return [mine]
         gathered: list[Any] = [None] * self.world

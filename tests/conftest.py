@@ -48,8 +48,11 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
+        from segengine.ray_adapter import LOCAL_TRAIN_SETTINGS
+
+        # the settings `launch.py` gives a Ray it starts itself (no preemption watcher, quick report polling)
         ray.init(num_cpus=4, logging_level="ERROR",  # the dashboard serves the state API (list_actors)
-                 runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
+                 runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled", **LOCAL_TRAIN_SETTINGS}})
         # Ray's helper processes must find this instance even when other Ray clusters run on the machine.
         os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     yield ray

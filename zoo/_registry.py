@@ -211,6 +211,41 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, weights: str
     if not isinstance(model, SegmentationModel):
         raise ZooError(f"the builder of encoder '{name}' ({spec.source}) returned {type(model).__name__}, "
                        "not a zoo.SegmentationModel")
+    check_features(model, name)
     if weights is not None and _is_weights_path(weights):
         load_weights(model, weights)
     return model
+
+
+def declared_features(model: SegmentationModel) -> list[tuple[int, int]]:
+    """(channels, reduction) per feature the decoder expects: the encoder's own `out_channels` where it has them
+    (builder options such as a width change them; smp lists the input first), else the spec's."""
+    spec = model.spec
+    channels = tuple(getattr(model.encoder, "out_channels", None) or spec.channels)[-len(spec.channels):]
+    return list(zip((int(c) for c in channels), spec.reductions, strict=True))
+
+
+def check_features(model: SegmentationModel, name: str, size: tuple[int, int] | None = None) -> None:
+    """Run the encoder alone on a small input and compare its features with what it declares, so a wrong
+    declaration is named here instead of surfacing as a shape error deep in the decoder."""
+    import torch
+
+    spec = model.spec
+    side = max(32, 2 * spec.input_multiple)
+    h, w = size or (side, side)
+    declared = [(c, r, r) for c, r in declared_features(model)]
+    was_training = model.training
+    model.eval()  # one small image: BatchNorm must use its running statistics
+    try:
+        with torch.no_grad():
+            features = list(model.encoder(torch.zeros(1, model.in_channels, h, w)))[-len(declared):]
+    except Exception as err:
+        raise ZooError(f"encoder '{name}' ({spec.source or spec.origin or 'registered here'}) fails on a "
+                       f"{h}x{w} input of {model.in_channels} channel(s): {one_line(err)}") from err
+    finally:
+        model.train(was_training)
+    got = [(int(f.shape[1]), h // int(f.shape[2]), w // int(f.shape[3])) for f in features]
+    if got != declared:
+        raise ZooError(f"encoder '{name}': at {h}x{w} its features are (channels, reduction H, reduction W) {got}, "
+                       f"but it declares {declared}; fix channels/reductions in register_encoder"
+                       f"{f' ({spec.source})' if spec.source else ''}")

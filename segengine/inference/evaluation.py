@@ -139,12 +139,12 @@ class EvalResult:
 
 def evaluate(checkpoint_path: str, data: str, *, split: str = "val", workers: int = 1, out: str | None = None,
              address: str | None = None, plugin_refs: Sequence[str] | None = None, verbose: bool = True,
-             tile: bool | None = None) -> EvalResult:
+             tile: bool | None = None, mirror: bool | None = None) -> EvalResult:
     """Metrics of a checkpoint on a dataset split at original resolution; writes metrics.json,
     confusion_matrix.csv and per_class_iou.png into `out` (default `eval-<split>` next to the checkpoint)."""
     if workers < 1:
         raise InferenceError(f"--workers {workers}: use 1 (this process) or more (Ray tasks)")
-    predictor = Predictor.from_checkpoint(checkpoint_path, plugin_refs, verbose=verbose)
+    predictor = Predictor.from_checkpoint(checkpoint_path, plugin_refs, verbose=verbose, mirror=mirror)
     checkpoint_path = predictor.path or checkpoint_path
     folder = open_eval_dataset(data, predictor.manifest)
     meta = folder.meta

@@ -85,13 +85,13 @@ def render(image: np.ndarray, mask: np.ndarray, palette: np.ndarray) -> dict[str
 
 
 def predict(checkpoint_path: str, inputs: Sequence[str], out: str, *, tile: bool | None = None,
-            overlap: float | None = None,
+            overlap: float | None = None, mirror: bool | None = None,
             counts: bool = False, plugin_refs: Sequence[str] | None = None, verbose: bool = True) -> PredictResult:
     """Masks (original size), colour masks, overlays and cut-outs for every readable input; unreadable ones are
     reported and skipped."""
     if overlap is not None and not 0 <= overlap < 1:
         raise InferenceError(f"--overlap {overlap}: use a fraction from 0 (no overlap) to below 1, e.g. 0.25")
-    predictor = Predictor.from_checkpoint(checkpoint_path, plugin_refs, verbose=verbose)
+    predictor = Predictor.from_checkpoint(checkpoint_path, plugin_refs, verbose=verbose, mirror=mirror)
     paths, missing = expand_inputs(inputs)
     if not paths:
         detail = "; ".join(f"{p}: {why}" for p, why in missing) or "nothing given"

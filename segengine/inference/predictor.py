@@ -20,6 +20,7 @@ from segdata.files import to_channels
 from segdata.meta import default_palette
 from segengine import checkpoint as ckpt
 from segengine import storage
+from segengine.precision import Precision
 from segengine.windows import sliding_probabilities
 
 BATCH = 8  # letterboxed images or tiles per forward pass
@@ -37,8 +38,16 @@ class InferenceError(RuntimeError):
 class Predictor:
     """A model in eval mode plus what its manifest says about inputs and outputs."""
 
-    def __init__(self, model: torch.nn.Module, manifest: dict[str, Any]) -> None:
-        self.model = model.eval()
+    def __init__(self, model: torch.nn.Module, manifest: dict[str, Any], amp: bool = True,
+                 mirror: bool | None = None) -> None:
+        """`mirror` overrides the recipe's test-time flips (None: as the manifest says); the override is kept in
+        `manifest` so that copies of the predictor (evaluate's Ray tasks) do the same."""
+        self.precision = Precision(torch.device("cpu"), amp)
+        self.model = self.precision.model(model.eval())
+        recorded = dict(manifest.get("inference") or {})  # checkpoints from before this key letterboxed
+        if mirror is not None:
+            recorded["mirror"] = mirror
+            manifest = {**manifest, "inference": recorded}
         self.manifest = manifest
         self.path: str | None = None  # the checkpoint folder, when built from one
         self.num_classes = int(manifest["num_classes"])
@@ -56,22 +65,26 @@ class Predictor:
         self.transform = segdata.EvalTransform(self.input_size, self.mean, self.std)
         self.native = segdata.NativeTransform(self.mean, self.std)
         self.pad_value = segdata.normalised_grey(self.mean, self.std)
-        # how the recipe validated; checkpoints from before this key letterboxed
-        recorded = manifest.get("inference") or {}
         self.inference = {"mode": recorded.get("mode", "letterbox"),
                           "window": [int(v) for v in recorded.get("window", self.input_size)],
-                          "overlap": float(recorded.get("overlap", 0.25))}
+                          "overlap": float(recorded.get("overlap", 0.25)),
+                          "mirror": bool(recorded.get("mirror", False))}
 
     @classmethod
-    def from_checkpoint(cls, path: str, plugin_refs: Sequence[str] | None = None, verbose: bool = True) -> Predictor:
+    def from_checkpoint(cls, path: str, plugin_refs: Sequence[str] | None = None, verbose: bool = True,
+                        mirror: bool | None = None) -> Predictor:
         """From a checkpoint folder, its state.pt, or a run/search folder (its best checkpoint, printed)."""
         found = ckpt.locate(path)
         if verbose and found.rstrip("/") != storage.resolve(str(path)).rstrip("/"):
             print(f"checkpoint {found}", file=sys.stderr)
         model, manifest = ckpt.build_model(found, list(plugin_refs or []))
-        predictor = cls(model, manifest)
+        predictor = cls(model, manifest, mirror=mirror)
         predictor.path = found
         return predictor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """fp32 logits of a batch, computed in bf16 where this CPU does that natively (`segengine.precision`)."""
+        return self.precision.forward(self.model, x)
 
     def channels(self, image: np.ndarray) -> np.ndarray:
         """H x W x C uint8 with the channels the model was trained on (grey <-> RGB as training did)."""
@@ -87,7 +100,7 @@ class Predictor:
                 x, _, box = self.transform(self.channels(image))
                 xs.append(x)
                 boxes.append(box)
-            logits = self.model(torch.from_numpy(np.stack(xs))).float().numpy()
+            logits = self.forward(torch.from_numpy(np.stack(xs))).numpy()
             out.extend(box.invert(lg) for lg, box in zip(logits, boxes, strict=True))
         return out
 
@@ -102,13 +115,13 @@ class Predictor:
     @torch.no_grad()
     def tiled_probabilities(self, image: np.ndarray, overlap: float | None = None) -> np.ndarray:
         """C x H x W class probabilities from sliding windows at the image's own resolution (`segengine.windows`;
-        the window is the one the recipe validated with, else the input size)."""
+        the window and mirroring are the ones the recipe validated with, else the input size, no flips)."""
         overlap = self.inference["overlap"] if overlap is None else overlap
         if not 0 <= overlap < 1:
             raise InferenceError(f"--overlap {overlap}: use a fraction from 0 (no overlap) to below 1, e.g. 0.25")
         x = torch.from_numpy(self._normalise(image))
-        probs = sliding_probabilities(self.model, x, self.inference["window"], overlap, self.num_classes,
-                                      self.pad_value, batch=BATCH)
+        probs = sliding_probabilities(self.forward, x, self.inference["window"], overlap, self.num_classes,
+                                      self.pad_value, batch=BATCH, mirror=self.inference["mirror"])
         return probs.numpy()
 
     def scores(self, image: np.ndarray, *, tile: bool | None = None, overlap: float | None = None) -> np.ndarray:

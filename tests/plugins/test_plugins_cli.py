@@ -1,6 +1,14 @@
-"""`python launch.py encoders [PATTERN] [--plugin ...]`, run through launch.main in this process."""
+"""`python launch.py encoders [PATTERN] [--plugin ...]`, run through launch.main in this process (and once in a
+fresh one, for the traceback switch)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import launch
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def table_rows(text):
@@ -42,3 +50,20 @@ def test_a_named_plugin_that_is_missing_or_raises_exits_2_naming_it(capsys, tmp_
         err = capsys.readouterr().err
         assert err.startswith(f"error: plugin {ref!r} could not be loaded: ") and expected in err, err
         assert err.count("\n") == 1
+
+
+def test_a_failing_plugin_names_file_and_line_and_the_traceback_flag_shows_the_rest(tmp_path):
+    """The default stays one line but says where the plugin failed; UNET_ZOO_PLUGIN_TRACEBACK=1 adds the
+    traceback (in a fresh process, as a plugin author would run it)."""
+    broken = tmp_path / "typo_encoders.py"
+    broken.write_text("import torch\n\nWIDTH = undefined_name * 2\n")
+    command = [sys.executable, str(REPO / "launch.py"), "encoders", "--plugin", str(broken)]
+    env = {k: v for k, v in os.environ.items() if k != "UNET_ZOO_PLUGIN_TRACEBACK"}
+    quiet = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert quiet.returncode == 2 and quiet.stderr.count("\n") == 1, quiet.stderr
+    assert f"NameError: name 'undefined_name' is not defined at {broken}:3" in quiet.stderr
+    assert "UNET_ZOO_PLUGIN_TRACEBACK=1" in quiet.stderr
+    loud = subprocess.run(command, capture_output=True, text=True, env={**env, "UNET_ZOO_PLUGIN_TRACEBACK": "1"},
+                          timeout=120)
+    assert loud.returncode == 2 and "Traceback (most recent call last)" in loud.stderr
+    assert "WIDTH = undefined_name * 2" in loud.stderr and loud.stderr.rstrip().splitlines()[-1].startswith("error:")

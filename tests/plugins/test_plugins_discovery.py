@@ -63,7 +63,8 @@ def test_installed_plugin_is_listed_and_a_broken_one_only_warns(sites, tmp_path)
     assert {"mini", "mobilenet", "resnet50", "vgg", "timm-resnet18", "smp-resnet18"} <= table.keys()
     assert result.stderr.splitlines() == [  # one line on stderr, nothing else
         "warning: installed plugin 'broken' (broken-unet-plugin, entry point broken_unet_plugin) was not loaded "
-        "(RuntimeError: this plugin is broken on purpose); its encoders are unavailable"]
+        f"(RuntimeError: this plugin is broken on purpose at {broken / 'broken_unet_plugin.py'}:1); its encoders "
+        "are unavailable"]
 
 
 def test_plugin_is_usable_in_a_fresh_process_and_autoload_stays_lazy(sites, tmp_path):
@@ -76,14 +77,17 @@ def test_plugin_is_usable_in_a_fresh_process_and_autoload_stays_lazy(sites, tmp_
         lazy = not {"timm", "segmentation_models_pytorch"} & set(sys.modules)
         check_encoder("example-tiny")
         print(json.dumps({"loaded": loaded, "lazy": lazy, "source": zoo.get_spec("example-tiny").source,
-                          "listed": zoo.list_encoders("ex*")}))
+                          "listed": zoo.list_encoders("ex*"),
+                          "origin": plugins.provenance(zoo.get_spec("example-tiny").source)}))
     """)
     result = run(["-c", script], example, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.splitlines()[-1])
     assert {"example", "timm", "smp"} <= set(report["loaded"])
     assert report["lazy"], "autoloading the timm/smp families must not import timm or smp"
-    assert report == dict(report, source="example", listed=["example-tiny"])
+    assert report == dict(report, source="example", listed=["example-resnet10t", "example-tiny"])
+    assert report["origin"] == {"kind": "entry point", "entry_point": "example = unet_zoo_example_plugin",
+                                "distribution": "unet-zoo-example-plugin", "version": "0.1.0"}  # in manifests
 
 
 def test_autoload_can_be_switched_off_but_named_plugins_still_load(sites, tmp_path):
@@ -97,3 +101,26 @@ def test_autoload_can_be_switched_off_but_named_plugins_still_load(sites, tmp_pa
     assert named.returncode == 0, named.stderr
     assert rows(named.stdout)["example-tiny"][1] == "unet_zoo_example_plugin"
     assert "broken" not in named.stderr
+
+
+def test_the_example_plugins_own_tests_pass_against_the_installed_package(sites, tmp_path):
+    """`pytest` in examples/unet_zoo_example_plugin is the template an author copies: it must pass."""
+    example, _ = sites
+    result = run(["-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE / "tests")], example, cwd=tmp_path,
+                 PYTHONDONTWRITEBYTECODE="1")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "2 passed" in result.stdout
+
+
+def test_a_checkpoint_of_the_installed_plugin_names_its_distribution(sites, tmp_path):
+    """Trained in-process with the installed example encoder: the manifest's encoder_source names the
+    distribution and version a machine without it must install."""
+    example, _ = sites
+    result = run([str(REPO / "launch.py"), "train", "--encoder", "example-tiny", "--workers", "0", "--epochs", "1",
+                  "--data", "synth:seed=0,n_train=8,n_val=2,size=32", "--input-size", "32", "32",
+                  "--storage", str(tmp_path / "runs"), "--name", "ex"], example, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifest = json.loads(next((tmp_path / "runs" / "ex").glob("checkpoint_epoch_*/manifest.json")).read_text())
+    assert manifest["encoder_source"] == {"kind": "entry point", "entry_point": "example = unet_zoo_example_plugin",
+                                          "distribution": "unet-zoo-example-plugin", "version": "0.1.0"}
+

@@ -70,3 +70,33 @@ def test_autoload_finds_the_shipped_entry_points(monkeypatch):
     assert plugins.autoload() == loaded
     monkeypatch.setenv("UNET_ZOO_NO_AUTOLOAD", "1")
     assert plugins.autoload() == []
+
+
+def test_provenance_names_the_plugin_file_or_the_distribution(tmp_path, monkeypatch, registry, write_plugin):
+    """What a checkpoint's manifest records as `encoder_source`, and the hint a machine without it gets."""
+    import hashlib
+
+    path = write_plugin(tmp_path / "prov_encoders.py", "prov-enc")
+    plugins.load_plugins([str(path)])
+    origin = plugins.provenance(zoo.get_spec("prov-enc").source)
+    assert origin == {"kind": "file", "path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    assert f"--plugin {path}" in plugins.install_hint(origin)
+    assert plugins.provenance("built-in") == {"kind": "built-in"}
+    monkeypatch.delenv("UNET_ZOO_NO_AUTOLOAD", raising=False)
+    plugins.autoload()
+    shipped = plugins.provenance(zoo.get_spec("timm-resnet18").source)  # an entry point of this distribution
+    assert (shipped["kind"], shipped["distribution"]) == ("entry point", "unet-zoo") and shipped["version"]
+    assert plugins.install_hint(shipped) == f"install its plugin: pip install unet-zoo=={shipped['version']}"
+
+
+def test_a_checkpoint_of_a_missing_plugin_names_what_to_install(tmp_path):
+    from segengine import checkpoint
+
+    manifest = {"encoder": "acme-gone", "num_classes": 2, "in_channels": 1, "plugins": [],
+                "encoder_source": {"kind": "entry point", "entry_point": "acme = acme_unet.encoders",
+                                   "distribution": "acme-unet-encoders", "version": "0.1.0"}}
+    folder = checkpoint.write(tmp_path / "checkpoint_epoch_0001", {"model": {}}, manifest)
+    with pytest.raises(checkpoint.CheckpointError) as err:
+        checkpoint.build_model(str(folder))
+    assert str(err.value).endswith("encoder 'acme-gone' is not registered here; install its plugin: pip install "
+                                   "acme-unet-encoders==0.1.0")

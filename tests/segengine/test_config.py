@@ -72,6 +72,15 @@ def test_label_and_weights_flags_reach_the_config():
         3, "index", 0, 100, "enc.pth")
 
 
+def test_encoder_kwargs_flag_reads_key_value_pairs_as_yaml(capsys):
+    cfg = train_config(build_parser().parse_args(["train", "--encoder", "unet", "--encoder-kwargs", "base_width=64",
+                                                  "--encoder-kwargs", "note=a b", "--encoder-kwargs", "flag=true"]))
+    assert cfg.encoder_kwargs == {"base_width": 64, "note": "a b", "flag": True}
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--encoder-kwargs", "base_width"])
+    assert "use KEY=VALUE, e.g. base_width=64" in capsys.readouterr().err
+
+
 def test_unknown_key_suggests_the_closest():
     with pytest.raises(ConfigError, match="did you mean 'lr_decay'"):
         TrainConfig.from_dict({"lr_decya": 0.9})
@@ -113,3 +122,20 @@ def test_shipped_tune_configs_parse():
 
     for path in sorted(Path(__file__).resolve().parents[2].glob("tune_configs/*.yaml")):
         parse_settings(yaml.safe_load(path.read_text()), str(path))
+
+
+def test_recipe_point_is_the_recipes_values_inside_the_ranges():
+    import segdata
+    from segengine.tuning import param_space, recipe_point
+
+    meta = segdata.DatasetMeta(root="synth", classes=["background", "membrane"], label_mode="threshold")
+
+    def point(lr: float, choices: list[str]):
+        settings = parse_settings({"train": {"lr": lr, "optimizer": "adamw"},
+                                   "search": {"lr": {"loguniform": [1e-4, 1e-2]}, "optimizer": {"choice": choices}},
+                                   "class_weights": {"per_class": {"membrane": [1.0, 5.0]}}}, "t.yaml")
+        return recipe_point(settings, param_space(settings, settings.train, meta))
+
+    assert point(3e-3, ["adam", "adamw"]) == {"train/lr": 3e-3, "train/optimizer": "adamw", "class_weights/1": 1.0}
+    assert point(3e-2, ["adam", "adamw"]) is None  # outside the searched range: no warm start
+    assert point(3e-3, ["adam", "sgd"]) is None

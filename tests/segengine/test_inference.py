@@ -115,8 +115,20 @@ def test_tiled_prediction_of_one_window_is_one_pass(ckpt):
     with torch.no_grad():
         mean, std = predictor.mean[0], predictor.std[0]
         x = torch.from_numpy(((image[:, :, 0].astype(np.float32) - mean) / std)[None, None])
-        direct = torch.softmax(predictor.model(x), 1)[0].numpy()
+        direct = torch.softmax(predictor.forward(x), 1)[0].numpy()
     np.testing.assert_allclose(probs, direct, atol=1e-6)
+
+
+def test_mirror_flag_overrides_the_recipe_and_travels_with_the_manifest(ckpt):
+    """--mirror on a checkpoint that validated without flips: the predictor averages the 4 flips, and its
+    manifest (what evaluate's Ray tasks rebuild it from) says so too."""
+    plain = inference.Predictor.from_checkpoint(ckpt)
+    mirrored = inference.Predictor.from_checkpoint(ckpt, mirror=True)
+    assert plain.inference["mirror"] is False and mirrored.inference["mirror"] is True
+    assert inference.Predictor(mirrored.model, mirrored.manifest).inference["mirror"] is True
+    image = np.random.default_rng(1).integers(0, 256, (64, 80, 1), dtype=np.uint8)
+    a, b = plain.tiled_probabilities(image), mirrored.tiled_probabilities(image)
+    assert a.shape == b.shape and np.abs(a - b).max() > 1e-4
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
@@ -189,14 +201,19 @@ def test_corrupt_checkpoints_give_one_line_errors(ckpt, tmp_path, capsys):
 
 
 def test_checkpoint_from_missing_plugin_names_it(ckpt, tmp_path, capsys):
+    """From its manifest's encoder_source (a module plugin here), or, in checkpoints from before that key, from
+    the plugins the run named."""
     state, manifest = checkpoint.load(ckpt)
-    folder = checkpoint.write(tmp_path / "plugin_ckpt", state,
-                              {**manifest, "encoder": "acme-unet9", "plugins": ["acme_zoo_encoders"]})
-    code = main(["export", str(folder), "--format", "onnx", "--out", str(tmp_path / "m.onnx")])
-    err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1
-    assert "acme-unet9" in err and "acme_zoo_encoders" in err and "--plugin" in err
-    assert not (tmp_path / "m.onnx").exists()
+    older = {k: v for k, v in manifest.items() if k != "encoder_source"}
+    for name, extra in (("plugin_ckpt", {"encoder_source": {"kind": "module", "module": "acme_zoo_encoders"}}),
+                        ("old_ckpt", {})):
+        folder = checkpoint.write(tmp_path / name, state,
+                                  {**older, "encoder": "acme-unet9", "plugins": ["acme_zoo_encoders"], **extra})
+        code = main(["export", str(folder), "--format", "onnx", "--out", str(tmp_path / "m.onnx")])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1
+        assert "acme-unet9" in err and ("--plugin acme_zoo_encoders" in err or "plugin(s) acme_zoo_encoders" in err)
+        assert not (tmp_path / "m.onnx").exists()
 
 
 def test_checkpoint_argument_may_be_its_state_file_or_the_run_folder(ckpt, trained_run, synth_root, tmp_path, capsys):

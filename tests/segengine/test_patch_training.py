@@ -23,7 +23,8 @@ def _cfg(tmp_path, name: str, epochs: int, schedule: str = "cosine"):
 def test_patch_run_validates_with_windows_and_evaluate_follows_the_manifest(tmp_path):
     summary = train(_cfg(tmp_path, "p", 2))
     manifest = checkpoint.read_manifest(summary["best_checkpoint"])
-    assert manifest["inference"] == {"mode": "sliding", "window": [48, 48], "overlap": 0.25}
+    assert manifest["inference"] == {"mode": "sliding", "window": [48, 48], "overlap": 0.25,
+                                     "mirror": False}
     assert manifest["metrics"]["steps"] == 3 * (manifest["epoch"] + 1)  # 12 crops / batch 4 per epoch
     scored = evaluate(summary["best_checkpoint"], SET, out=str(tmp_path / "eval"), verbose=False).metrics
     assert scored["inference"]["mode"] == "sliding"  # no flag needed

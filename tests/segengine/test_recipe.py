@@ -129,3 +129,23 @@ def test_train_config_reads_the_train_section_of_a_search_file():
     recipe = yaml.safe_load(Path("tune_configs/isbi.yaml").read_text())["train"]
     assert cfg.encoder == recipe["encoder"] and cfg.sampling == "patch" and cfg.validation == "sliding"
     assert cfg.augment.elastic == recipe["augment"]["elastic"] and cfg.epochs == 3
+
+
+def test_checkpoints_only_at_validated_epochs(tmp_path):
+    """val_every 2: epochs between validations carry the last scores in history.csv but write no checkpoint, so a
+    checkpoint is never ranked by another epoch's scores."""
+    from engine_helpers import tiny_config
+
+    from segengine import checkpoint
+    from segengine.reporting import make_reporter
+    from segengine.runprep import validate_data
+    from segengine.worker import Trainer
+
+    cfg = tiny_config(storage=str(tmp_path), name="v", workers=0, epochs=5, val_every=2,
+                      data="synth:seed=0,n_train=8,n_val=2,size=32", input_size=(32, 32), batch_size=4)
+    reporter = make_reporter("local", str(tmp_path / "v"), 10, cfg.metric, cfg.mode)
+    trainer = Trainer(cfg, reporter, validate_data(cfg)[1], verbose=False)
+    trainer.fit()
+    assert [h["validated"] for h in trainer.history] == [1, 1, 0, 1, 1]  # the first, every 2nd, the last
+    saved = [checkpoint.read_manifest(p)["epoch"] + 1 for p in checkpoint.list_complete(str(tmp_path / "v"))]
+    assert saved == [1, 2, 4, 5]

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from engine_helpers import REPO, tiny_config
+from engine_helpers import REPO, kill_a_train_worker_when, tiny_config
 
 from launch import main
 from segengine import checkpoint
@@ -108,10 +108,11 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path):
     """A real Ctrl-C of a Ray Train run after two epochs, then --resume: epochs and LR continue where they stopped
     and history.csv has every epoch once."""
     args = [sys.executable, str(REPO / "launch.py"), "train", "--data", "synth:seed=0,n_train=16,n_val=8,size=64",
-            "--input-size", "64", "64", "--batch-size", "4", "--epochs", "5", "--lr", "0.002", "--lr-decay", "0.5",
+            "--input-size", "64", "64", "--batch-size", "4", "--epochs", "12", "--lr", "0.002", "--lr-decay", "0.5",
             "--workers", "1", "--storage", str(tmp_path), "--name", "r"]
     run_dir = tmp_path / "r"
-    env = {**os.environ, "NO_COLOR": "1"}
+    # the user's situation: no RAY_ADDRESS (the session's test Ray set one), so launch.py starts its own Ray
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "NO_COLOR": "1"}
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.time() + 240
     while len(checkpoint.list_complete(str(run_dir))) < 2 or not (run_dir / "history.csv").exists() \
@@ -122,8 +123,9 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path):
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode != 0 and "--resume" in out, out
     assert "RayTrainWorker pid=" in out and "\x1b[" not in out  # NO_COLOR: worker lines without colour codes
+    assert "PreemptionWatcher" not in out  # a local Ray has nothing to preempt: Train's watcher is off, and its log
     done = len(_history(str(run_dir)))
-    assert 2 <= done < 5
+    assert 2 <= done < 12  # 12 short epochs: the interrupt lands mid-run
     hint = re.search(r"resume with:\n\s+python launch.py (train .*--resume)", out).group(1).split()
     assert "--epochs" not in hint  # the saved config.yaml has the budget: the printed command is the whole resume
     resumed = subprocess.run([sys.executable, str(REPO / "launch.py"), *hint], cwd=REPO, capture_output=True,
@@ -132,31 +134,21 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path):
     resumed_from = int(re.search(r"resumed from epoch (\d+)", resumed.stdout).group(1))
     assert 1 <= resumed_from <= done  # the latest checkpoint Train registered (it consumes reports one behind)
     history = _history(str(run_dir))
-    assert [int(h["epoch"]) for h in history] == [1, 2, 3, 4, 5]
+    assert [int(h["epoch"]) for h in history] == list(range(1, 13))
     for h in history:
         assert float(h["lr"]) == pytest.approx(0.002 * 0.5 ** (int(h["epoch"]) - 1))
 
 
 def test_killed_worker_process_is_survived(ray_local, tmp_path):
     """SIGKILL one Ray Train worker mid-run: the run restarts from its last checkpoint and finishes."""
-    from ray.util.state import list_actors
-
     cfg = tiny_config(storage=str(tmp_path), name="killed", epochs=5, max_failures=2)
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(train(cfg)), daemon=True)
     thread.start()
     run_dir = tmp_path / "killed"
-    deadline = time.time() + 300
-    while not (run_dir / "history.csv").exists() or len(_history(str(run_dir))) < 2:
-        assert thread.is_alive() and time.time() < deadline
-        time.sleep(0.2)
-    workers = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "RayTrainWorker" in a.class_name]
-    assert workers, "no Ray Train worker found"
-    import os
-
-    os.kill(workers[0].pid, signal.SIGKILL)
-    thread.join(timeout=400)
-    assert not thread.is_alive() and result, "run did not finish after the kill"
+    kill_a_train_worker_when(lambda: (run_dir / "history.csv").exists() and len(_history(str(run_dir))) >= 2,
+                             thread)
+    assert result, "the run returned nothing"
     history = _history(str(run_dir))
     assert [int(h["epoch"]) for h in history] == [1, 2, 3, 4, 5]
 
@@ -189,3 +181,53 @@ def test_a_deterministic_worker_error_ends_the_run_at_once(ray_local, tmp_path):
     message = str(err.value)
     assert message.startswith("training failed: loss became non-finite") and "not retried" in message, message
     assert "\n" not in message and not list((tmp_path / "nan").glob("checkpoint_epoch_*"))
+
+
+ONE_RANK_FAILS = r"""
+import torch.distributed as dist
+from zoo import register_encoder, create_model
+from zoo._errors import ZooError
+
+
+class ShapeRefused(ZooError):
+    user_error = True  # the plugin's own deterministic error
+
+
+@register_encoder("fails-on-rank-1", description="mini, but rank 1 refuses its first batch", channels=(16, 32, 64),
+                  reductions=(1, 2, 4), input_multiple=4)
+def build(num_classes, in_channels=3):
+    with open(BUILDS_FILE, "a") as f:  # one line per model built: per rank and attempt
+        f.write("built\n")
+    model = create_model("mini", num_classes, in_channels=in_channels)
+    forward = model.forward
+
+    def refusing(x):
+        if dist.is_initialized() and dist.get_rank() == 1:
+            raise ShapeRefused(f"fails-on-rank-1: batch of shape {tuple(x.shape)} refused")
+        return forward(x)
+
+    model.forward = refusing
+    return model
+"""
+
+
+def test_one_ranks_deterministic_error_is_not_retried(tmp_path):
+    """A `user_error` raised on one rank only (a plugin's, say): Train must end the group, but the retry it starts
+    stops at once instead of training again; the driver raises the message in one line."""
+    from segengine.runprep import RunError
+
+    builds = tmp_path / "builds.txt"
+    plugin = tmp_path / "one_rank_fails.py"
+    plugin.write_text(f"BUILDS_FILE = {str(builds)!r}\n" + ONE_RANK_FAILS)
+    cfg = tiny_config(storage=str(tmp_path), name="one-rank", encoder="fails-on-rank-1", plugins=[str(plugin)],
+                      epochs=2, max_failures=2)
+    import plugins
+
+    plugins.load_plugins([str(plugin)])
+    with pytest.raises(RunError) as err:
+        train(cfg)
+    message = str(err.value)
+    assert message.startswith("training failed: fails-on-rank-1: batch of shape") and "not retried" in message
+    assert "\n" not in message
+    # the driver builds one model for its checks; each of the 2 ranks built one in the first attempt only
+    assert builds.read_text().count("built") <= 3, builds.read_text()

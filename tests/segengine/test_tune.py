@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 import yaml
 from engine_helpers import REPO, TINY_SYNTH
 
@@ -44,6 +45,20 @@ def test_asha_stops_the_bad_trial_and_best_yaml_trains(ray_local, tmp_path, caps
     code = main(["train", "--config", str(tmp_path / "s" / "best.yaml"), "--epochs", "1", "--workers", "0",
                  "--storage", str(tmp_path), "--name", "from-best"])
     assert code == 0 and (tmp_path / "from-best" / "history.csv").exists()
+
+
+def test_optuna_search_starts_from_the_recipe(ray_local, tmp_path, capsys):
+    """The first trial of a model-based search is the recipe's own values (its class weight 1 where it sets
+    none), so a search cannot end below the recipe it searches around; off with searcher.start_from_recipe."""
+    config = _search_file(tmp_path, [], epochs=1, extra={
+        "train": {"encoder": "mini", "data": TINY_SYNTH, "input_size": [64, 64], "batch_size": 2, "epochs": 1,
+                  "lr": 3e-3},
+        "search": {"lr": {"loguniform": [1e-4, 1e-2]}}, "class_weights": {"per_class": {"membrane": [1.0, 3.0]}},
+        "searcher": {"type": "optuna", "seed": 0}, "samples": 2})
+    assert main(["tune", "--config", str(config), "--storage", str(tmp_path), "--name", "warm"]) == 0
+    assert "the first trial is the recipe's own values (lr 0.003, class_weight_1 1)" in capsys.readouterr().out
+    rows = _rows(tmp_path / "warm")
+    assert len(rows) == 2 and {(float(r["lr"]), float(r["class_weight_1"])) for r in rows} >= {(3e-3, 1.0)}
 
 
 def test_search_whose_trials_all_fail_exits_2(ray_local, tmp_path, capsys):
@@ -84,6 +99,7 @@ def test_killed_driver_resumes_trials_from_their_checkpoints(tmp_path):
     resume = [sys.executable, str(REPO / "launch.py"), "tune", "--name", "k", "--storage", str(tmp_path), "--resume"]
     resumed = subprocess.run(resume, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)  # name only
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "Checkpoint successfully created" not in resumed.stdout + resumed.stderr  # Tune's per-epoch INFO line
     rows = _rows(tmp_path / "k")
     assert sorted(float(r["lr"]) for r in rows) == [1e-3, 2e-3, 3e-3]
     assert all(r["status"] == "finished" for r in rows), rows
@@ -93,20 +109,53 @@ def test_killed_driver_resumes_trials_from_their_checkpoints(tmp_path):
 
 
 def test_train_backed_trial_reports_every_epoch_and_its_checkpoint(ray_local, tmp_path):
-    """workers_per_trial >= 1: each trial fits a TorchTrainer; metrics and the checkpoint path reach Tune."""
+    """workers_per_trial >= 1: each trial fits a TorchTrainer; metrics and the checkpoint path reach Tune; the
+    second trial starts after the first (a fresh trial actor: a reused one would wait forever); the checkpoints,
+    are complete and rebuild the model."""
     from segengine.tuning import load_settings, tune_run
 
-    config = _search_file(tmp_path, [3e-3], epochs=2, extra={"resources": {"workers_per_trial": 1}})
+    config = _search_file(tmp_path, [3e-3, 1e-3], epochs=2, extra={"resources": {"workers_per_trial": 1}})
     settings = load_settings(str(config), {}, {})
     out = tune_run(settings, name="tb", storage_root=str(tmp_path), address=None, resume=False, overwrite=False)
-    (row,) = out["rows"]
-    assert row["status"] == "finished" and row["epochs"] == 2
-    assert Path(row["run_dir"]).parent.name == "trials"  # the trial's TorchTrainer keeps its own run folder
+    assert len(out["rows"]) == 2
+    for row in out["rows"]:
+        assert row["status"] == "finished" and row["epochs"] == 2
+        assert Path(row["run_dir"]).parent.name == "trials"  # the trial's TorchTrainer keeps its own run folder
+        assert (Path(row["run_dir"]) / "history.csv").exists()
     from segengine import checkpoint
 
     assert checkpoint.is_complete(out["best_checkpoint"])
     assert checkpoint.read_manifest(out["best_checkpoint"])["config"]["workers"] == 1
-    assert (Path(row["run_dir"]) / "history.csv").exists()
+    model, _ = checkpoint.build_model(out["best_checkpoint"])
+    assert model(torch.zeros(1, 1, 64, 64)).shape == (1, 2, 64, 64)
+
+
+def test_killed_worker_of_a_train_backed_trial_resumes_from_an_uploaded_checkpoint(ray_local, tmp_path):
+    """SIGKILL a trial's Ray Train worker after 2 epochs: its TorchTrainer restarts from the last checkpoint Ray
+    registered and the trial finishes, every epoch
+    once in its history."""
+    import threading
+
+    from engine_helpers import kill_a_train_worker_when
+
+    from segengine.tuning import load_settings, tune_run
+
+    config = _search_file(tmp_path, [3e-3], epochs=5, extra={"resources": {"workers_per_trial": 1}})
+    settings = load_settings(str(config), {}, {})
+    out: dict = {}
+    thread = threading.Thread(target=lambda: out.update(tune_run(
+        settings, name="kill", storage_root=str(tmp_path), address=None, resume=False, overwrite=False)), daemon=True)
+    thread.start()
+
+    def histories() -> list[Path]:
+        return list((tmp_path / "kill" / "trials").glob("*/history.csv"))
+
+    kill_a_train_worker_when(lambda: histories() and len(histories()[0].read_text().splitlines()) >= 3, thread)
+    assert out, "the search returned nothing"
+    (row,) = out["rows"]
+    assert row["status"] == "finished" and row["epochs"] == 5
+    epochs = [line.split(",")[0] for line in histories()[0].read_text().splitlines()[1:]]
+    assert epochs == ["1", "2", "3", "4", "5"]
 
 
 def test_in_process_trials_checkpoint_through_tune_and_pbt_exploits(ray_local, tmp_path, capsys):

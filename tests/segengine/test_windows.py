@@ -47,3 +47,15 @@ def test_blending_constant_windows_gives_the_constant():
     probs = sliding_probabilities(Constant(), torch.zeros(1, 100, 75), (32, 32), 0.25, 2, pad_value=[0.0])
     expected = torch.softmax(torch.tensor([0.3, -1.0]), 0)
     torch.testing.assert_close(probs, expected[:, None, None].expand(2, 100, 75))
+
+
+def test_mirrored_windows_average_the_four_flips(model):
+    """Test-time mirroring: the mean of the softmax of the image, flipped left-right, up-down and both, each
+    flipped back."""
+    image = torch.randn(1, 64, 96)
+    mirrored = sliding_probabilities(model, image, (64, 96), 0.25, 3, pad_value=[0.0], mirror=True)
+    with torch.no_grad():
+        flips = [torch.softmax(model(image[None].flip(f)), 1).flip(f)[0] for f in ((), (3,), (2,), (2, 3))]
+    torch.testing.assert_close(mirrored, sum(flips) / 4, atol=1e-6, rtol=0)
+    plain = sliding_probabilities(model, image, (64, 96), 0.25, 3, pad_value=[0.0])
+    assert (mirrored - plain).abs().max() > 1e-4  # an untrained net is not flip-equivariant: mirroring changed it

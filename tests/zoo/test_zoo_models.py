@@ -96,7 +96,7 @@ def test_the_kit_catches_a_wrong_declaration(registry):
     zoo.register_encoder("mini-misdeclared", description="d", channels=(32, 64, 256), reductions=(1, 2, 4),
                          input_multiple=4)(lambda num_classes, in_channels=3: _respec(
                              spec.builder(num_classes, in_channels), "mini-misdeclared"))
-    with pytest.raises(AssertionError, match="spec declares"):
+    with pytest.raises(AssertionError, match="fix channels/reductions in register_encoder"):
         check_encoder("mini-misdeclared", in_channels=(3,), sizes=[(16, 16)])
 
 
@@ -124,3 +124,17 @@ def test_the_kit_catches_a_random_eval_mode(registry):
 
     with pytest.raises(AssertionError, match="two eval-mode passes differ"):
         check_encoder("mini-noisy", in_channels=(3,), sizes=[(16, 16)])
+
+
+def test_unet_base_width_scales_the_network_and_is_recorded_for_rebuilding():
+    """`base_width` (the paper's 64, the zoo's default 32) doubles per level; checkpoints rebuild it from
+    `model_kwargs`, and a nonsense width is a ZooError naming the option."""
+    small, default = zoo.create_model("unet", 2, in_channels=1, base_width=16), zoo.create_model("unet", 2, 1)
+    ratio = sum(p.numel() for p in default.parameters()) / sum(p.numel() for p in small.parameters())
+    assert 2.5 < ratio < 4.5  # most weights scale with the width squared (the first and last layers do not)
+    assert small.model_kwargs == {"base_width": 16} and default.model_kwargs == {}
+    rebuilt = zoo.create_model("unet", 2, 1, **small.model_kwargs)
+    rebuilt.load_state_dict(small.state_dict())
+    assert small(torch.zeros(1, 1, 32, 32)).shape == (1, 2, 32, 32)
+    with pytest.raises(zoo.ZooError, match="base_width"):
+        zoo.create_model("unet", 2, 1, base_width=0)

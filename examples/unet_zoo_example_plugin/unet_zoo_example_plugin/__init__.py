@@ -1,4 +1,5 @@
-"""A third-party encoder for unet-zoo: three strided conv stages behind the zoo's generic UNet decoder.
+"""Third-party encoders for unet-zoo: `example-tiny`, three strided conv stages behind the zoo's generic UNet
+decoder, and `example-resnet10t`, a timm model wrapped with its channels read from timm (`timm_wrapper.py`).
 
 Installed, it is found through the entry point in pyproject.toml (`python launch.py encoders example*`);
 without installing, `--plugin unet_zoo_example_plugin` (module on PYTHONPATH) or `--plugin path/to/file.py`.
@@ -10,6 +11,8 @@ import torch
 from torch import nn
 
 from zoo import SegmentationModel, UNetDecoder, get_spec, register_encoder
+
+from . import timm_wrapper  # noqa: F401  (registers example-resnet10t, a timm encoder, lazily)
 
 CHANNELS = (8, 16, 32)
 REDUCTIONS = (2, 4, 8)
