@@ -25,6 +25,15 @@ def _add_tile_flag(p: argparse.ArgumentParser) -> None:
                         "validated")
 
 
+def _add_device_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="letterboxed images or sliding windows per forward pass (default 8)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                   help="bf16/fp16 autocast where the device computes it natively (CUDA, CPUs with AMX); "
+                        "--no-amp: fp32")
+
+
 def _add_run_mode_flags(p: argparse.ArgumentParser) -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the run NAME from its latest checkpoint")
@@ -99,27 +108,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: from resources)")
 
     p = sub.add_parser("evaluate", help="metrics of a checkpoint on a dataset split")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="checkpoint, run or search folder, or an exported .onnx file")
     p.add_argument("--data", required=True, metavar="DIR_OR_URI")
     p.add_argument("--split", default="val", help="val, test, train or a split FILE")
     p.add_argument("--workers", type=int, default=1, help=">1 spreads the split over Ray tasks")
     p.add_argument("--out", default=None, help="folder for JSON/CSV/PNG (default: next to the checkpoint)")
     p.add_argument("--address", default=None)
     _add_tile_flag(p)
+    _add_device_flags(p)
     _add_plugin_flag(p)
 
     p = sub.add_parser("predict", help="masks, colour masks and overlays for images")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="checkpoint, run or search folder, or an exported .onnx file")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders or globs")
     p.add_argument("--out", required=True)
     _add_tile_flag(p)
     p.add_argument("--overlap", type=float, default=None, help="window overlap (default: the recipe's, or 0.25)")
     p.add_argument("--counts", action="store_true", help="also write per-class pixel counts (CSV)")
+    _add_device_flags(p)
     _add_plugin_flag(p)
 
-    p = sub.add_parser("export", help="export a checkpoint to ONNX or TorchScript")
+    p = sub.add_parser("export", help="export a checkpoint to ONNX, TorchScript or safetensors")
     p.add_argument("checkpoint")
-    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--format", choices=["onnx", "torchscript", "safetensors"], default="onnx",
+                   help="safetensors: the weights, with the manifest in the header and in NAME.json beside them")
     p.add_argument("--out", required=True)
     _add_plugin_flag(p)
     return parser

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import yaml
 
@@ -82,11 +83,20 @@ def encoders(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inference_options(args: argparse.Namespace) -> dict[str, Any]:
+    """--amp, --device and --batch-size of evaluate/predict, with the predictor's default batch."""
+    from segengine.inference.predictor import BATCH
+
+    return {"amp": args.amp, "device": args.device,
+            "batch_size": BATCH if args.batch_size is None else args.batch_size}
+
+
 def evaluate(args: argparse.Namespace) -> int:
     from segengine.inference import evaluate as run_evaluate
 
     run_evaluate(args.checkpoint, args.data, split=args.split, workers=args.workers, out=args.out,
-                 address=args.address, plugin_refs=args.plugin, tile=args.tile, mirror=args.mirror)
+                 address=args.address, plugin_refs=args.plugin, tile=args.tile, mirror=args.mirror,
+                 **_inference_options(args))
     return 0
 
 
@@ -95,7 +105,8 @@ def predict(args: argparse.Namespace) -> int:
     from segengine.inference import predict as run_predict
 
     result = run_predict(args.checkpoint, args.inputs, args.out, tile=args.tile, overlap=args.overlap,
-                         mirror=args.mirror, counts=args.counts, plugin_refs=args.plugin)
+                         mirror=args.mirror, counts=args.counts, plugin_refs=args.plugin,
+                         **_inference_options(args))
     return 1 if result.skipped else 0
 
 

@@ -127,7 +127,7 @@ class TrainConfig:
     epochs: int = flag(20, "epochs to train")
     batch_size: int = flag(4, "images per worker per step (not global)")
     optimizer: str = flag("adam", "optimizer", choices=OPTIMIZERS)
-    lr: float = flag(1e-4, "learning rate (peak, after warm-up)")
+    lr: float = flag(1e-3, "learning rate (peak, after warm-up)")
     schedule: str = flag("exponential", "exponential: lr * lr_decay^epoch (the tutorial); cosine / poly: per step",
                          choices=SCHEDULES)
     lr_decay: float = flag(0.96, "exponential LR decay per epoch")

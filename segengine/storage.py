@@ -9,8 +9,8 @@ import pyarrow.fs as pafs
 
 from segdata.files import is_uri, join, locate
 
-__all__ = ["delete_dir", "download_dir", "exists", "filesystem", "is_uri", "join", "list_dirs", "read_text",
-           "resolve", "upload_dir", "write_bytes"]
+__all__ = ["delete_dir", "download_dir", "exists", "filesystem", "is_uri", "join", "list_dirs", "read_bytes",
+           "read_text", "resolve", "upload_dir", "write_bytes"]
 
 
 def resolve(path: str) -> str:
@@ -28,10 +28,14 @@ def exists(path: str) -> bool:
     return fs.get_file_info(p).type != pafs.FileType.NotFound
 
 
-def read_text(path: str) -> str:
+def read_bytes(path: str) -> bytes:
     fs, p = filesystem(path)
     with fs.open_input_stream(p) as f:
-        return f.read().decode()
+        return f.read()
+
+
+def read_text(path: str) -> str:
+    return read_bytes(path).decode()
 
 
 def write_bytes(path: str, data: bytes) -> None:

@@ -18,7 +18,7 @@ import torch
 
 import segdata
 from segengine import storage
-from segengine.inference.predictor import BATCH, InferenceError, Predictor, progress_bar
+from segengine.inference.predictor import BATCH, InferenceError, Predictor, open_predictor, progress_bar
 from segengine.metrics import MetricAccumulator
 
 
@@ -67,12 +67,9 @@ def evaluate_samples(predictor: Predictor, samples: Sequence, meta, progress: bo
     acc = MetricAccumulator(predictor.num_classes)
     samples = list(samples)
     bar = progress_bar(len(samples), "evaluate", enabled=progress)
-    windows = predictor.uses_windows(tile)
-    for start in range(0, len(samples), BATCH):
-        pairs = [_read_pair(s, meta) for s in samples[start:start + BATCH]]
-        images = [image for image, _ in pairs]
-        scores = ([predictor.scores(image, tile=True) for image in images] if windows
-                  else predictor.letterbox_logits(images))
+    for start in range(0, len(samples), predictor.batch_size):
+        pairs = [_read_pair(s, meta) for s in samples[start:start + predictor.batch_size]]
+        scores = predictor.batch_scores([image for image, _ in pairs], tile=tile)
         for lg, (_, label) in zip(scores, pairs, strict=True):
             acc.update(torch.from_numpy(lg[None]), torch.from_numpy(label[None].astype(np.int64)), 0.0)
         bar.update(len(pairs))
@@ -139,12 +136,16 @@ class EvalResult:
 
 def evaluate(checkpoint_path: str, data: str, *, split: str = "val", workers: int = 1, out: str | None = None,
              address: str | None = None, plugin_refs: Sequence[str] | None = None, verbose: bool = True,
-             tile: bool | None = None, mirror: bool | None = None) -> EvalResult:
-    """Metrics of a checkpoint on a dataset split at original resolution; writes metrics.json,
-    confusion_matrix.csv and per_class_iou.png into `out` (default `eval-<split>` next to the checkpoint)."""
+             tile: bool | None = None, mirror: bool | None = None, amp: bool = True, device: str = "cpu",
+             batch_size: int = BATCH) -> EvalResult:
+    """Metrics of a checkpoint (or an exported .onnx file) on a dataset split at original resolution; writes
+    metrics.json, confusion_matrix.csv and per_class_iou.png into `out` (default `eval-<split>` next to it)."""
     if workers < 1:
         raise InferenceError(f"--workers {workers}: use 1 (this process) or more (Ray tasks)")
-    predictor = Predictor.from_checkpoint(checkpoint_path, plugin_refs, verbose=verbose, mirror=mirror)
+    predictor = open_predictor(checkpoint_path, plugin_refs, verbose, mirror, amp, device, batch_size)
+    if workers > 1 and predictor.model is None:
+        raise InferenceError(f"--workers {workers} ships the checkpoint's weights to Ray tasks; evaluate "
+                             f"{checkpoint_path} with --workers 1, or evaluate its checkpoint")
     checkpoint_path = predictor.path or checkpoint_path
     folder = open_eval_dataset(data, predictor.manifest)
     meta = folder.meta

@@ -1,5 +1,9 @@
 """`launch.py export`: ONNX (torch.export-based exporter, dynamic batch and H/W as multiples of the encoder's input
-multiple) or TorchScript (trace), then a check of the exported file against PyTorch at two spatial sizes."""
+multiple), TorchScript (trace) or safetensors (the weights plus the manifest, for timm/smp-style code), then a
+check of the exported file against PyTorch at two spatial sizes.
+
+The ONNX file carries what `predict model.onnx` needs without the checkpoint (`OnnxPredictor`): normalisation,
+classes, colours, input multiple and how the recipe validated (letterbox or sliding windows)."""
 
 from __future__ import annotations
 
@@ -16,10 +20,10 @@ import numpy as np
 import torch
 
 from segengine import storage
-from segengine.inference.predictor import InferenceError, Predictor
+from segengine.inference.predictor import ONNX_METADATA_KEY, InferenceError, Predictor
 
 EXPORT_TOLERANCE = 1e-4  # max abs logit difference allowed, times max(1, max |PyTorch logit|)
-
+FORMATS = ("onnx", "torchscript", "safetensors")
 
 
 def check_sizes(input_size: Sequence[int], multiple: int) -> list[tuple[int, int, int]]:
@@ -31,7 +35,7 @@ def check_sizes(input_size: Sequence[int], multiple: int) -> list[tuple[int, int
 
 def _export_metadata(manifest: dict[str, Any], multiple: int) -> dict[str, Any]:
     keys = ("encoder", "num_classes", "class_names", "in_channels", "input_size", "normalization", "colors",
-            "label_mode", "epoch", "metrics")
+            "label_mode", "epoch", "metrics", "inference")
     return {**{k: manifest.get(k) for k in keys}, "input_multiple": multiple,
             "input": "N x in_channels x H x W float32, (pixel - mean) / std, H and W multiples of input_multiple",
             "output": "N x num_classes x H x W logits"}
@@ -72,7 +76,7 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: str, multi
     if not big:
         proto = onnx.load(path)
         entry = proto.metadata_props.add()
-        entry.key, entry.value = "unet_zoo", json.dumps(metadata)
+        entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(metadata)
         onnx.save(proto, path)
     return how
 
@@ -109,6 +113,44 @@ def _run_torchscript(path: str) -> Any:
     return run
 
 
+def safetensors_manifest_path(path: str) -> str:
+    """The manifest written beside `model.safetensors`: `model.json`."""
+    stem, _ = os.path.splitext(path)
+    return f"{stem}.json"
+
+
+def _export_safetensors(model: torch.nn.Module, path: str, manifest: dict[str, Any]) -> str:
+    """The state dict as safetensors (contiguous CPU tensors), the manifest in its header and beside it."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    text = json.dumps(manifest, indent=2)
+    save_file(state, path, metadata={ONNX_METADATA_KEY: text})
+    Path(safetensors_manifest_path(path)).write_text(text)
+    return "state dict, manifest in the header metadata and in " + Path(safetensors_manifest_path(path)).name
+
+
+def _run_safetensors(path: str) -> Any:
+    """The model rebuilt the way the README tells a user: zoo.create_model from the manifest, weights loaded."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    import zoo
+
+    with safe_open(path, "pt") as handle:
+        manifest = json.loads(handle.metadata()[ONNX_METADATA_KEY])
+    model = zoo.create_model(manifest["encoder"], manifest["num_classes"], in_channels=manifest["in_channels"],
+                             **manifest.get("model_kwargs", {}))
+    model.load_state_dict(load_file(path))
+    model.eval()
+
+    def run(x: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            return model(x).float().numpy()
+
+    return run
+
+
 @dataclass
 class ExportResult:
     path: str
@@ -119,10 +161,11 @@ class ExportResult:
 
 def export(checkpoint_path: str, fmt: str, out: str, *, plugin_refs: Sequence[str] | None = None,
            verbose: bool = True, seed: int = 0) -> ExportResult:
-    """Export to ONNX or TorchScript and check the file against PyTorch on random inputs at two sizes."""
-    if fmt not in ("onnx", "torchscript"):
-        raise InferenceError(f"--format {fmt}: use onnx or torchscript")
-    predictor = Predictor.from_checkpoint(checkpoint_path, plugin_refs)
+    """Export to ONNX, TorchScript or safetensors and check the file against PyTorch on random inputs at two
+    sizes."""
+    if fmt not in FORMATS:
+        raise InferenceError(f"--format {fmt}: use {', '.join(FORMATS)}")
+    predictor = Predictor.from_checkpoint(checkpoint_path, plugin_refs, device="cpu")
     model, multiple = predictor.model, predictor.multiple
     metadata = _export_metadata(predictor.manifest, multiple)
     sizes = check_sizes(predictor.input_size, multiple)
@@ -137,9 +180,15 @@ def export(checkpoint_path: str, fmt: str, out: str, *, plugin_refs: Sequence[st
         if fmt == "onnx":
             method = _export_onnx(model, inputs[0], local, multiple, metadata)
             run = _run_onnx(local)
+        elif fmt == "safetensors":
+            method = _export_safetensors(model, local, {**predictor.manifest, "input_multiple": multiple})
+            run = _run_safetensors(local)
         else:
             method = _export_torchscript(model, inputs[0], local, metadata)
             run = _run_torchscript(local)
+        files = [(local, out)]  # (written here, where it belongs)
+        if fmt == "safetensors":
+            files.append((safetensors_manifest_path(local), safetensors_manifest_path(out)))
         checks = []
         for x in inputs:
             with torch.no_grad():
@@ -159,13 +208,14 @@ def export(checkpoint_path: str, fmt: str, out: str, *, plugin_refs: Sequence[st
                 print(f"check {'x'.join(map(str, x.shape))}: max abs diff vs PyTorch {diff:.3g} "
                       f"(tolerance {tolerance:.3g})")
             if not diff <= tolerance:
-                os.remove(local)
+                for written, _ in files:
+                    os.remove(written)
                 raise InferenceError(f"the exported {fmt} model differs from PyTorch by {diff:.3g} on input "
                                      f"{tuple(x.shape)} (tolerance {tolerance:.3g} = {EXPORT_TOLERANCE:g} x max(1, "
                                      "max |logit|)); nothing was written")
         if remote:
-            with open(local, "rb") as f:
-                storage.write_bytes(out, f.read())
+            for written, target in files:
+                storage.write_bytes(target, Path(written).read_bytes())
     finally:
         if holder is not None:
             holder.cleanup()

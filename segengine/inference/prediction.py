@@ -20,7 +20,7 @@ from PIL import Image
 import segdata
 from segdata.folder import IMAGE_EXTENSIONS, natural_key
 from segengine import storage
-from segengine.inference.predictor import InferenceError, Predictor, progress_bar
+from segengine.inference.predictor import BATCH, InferenceError, open_predictor, progress_bar
 
 OVERLAY_ALPHA = 0.7  # the tutorial's Image.blend(original, colours, 0.7)
 
@@ -84,14 +84,28 @@ def render(image: np.ndarray, mask: np.ndarray, palette: np.ndarray) -> dict[str
 
 
 
+def _read_batch(paths: Sequence[str], result: PredictResult, bar) -> list[tuple[str, np.ndarray]]:
+    """(path, image) of the readable ones; the others are recorded as skipped, with the reason."""
+    images = []
+    for path in paths:
+        try:
+            images.append((path, segdata.read_image(path)))
+        except (segdata.DataError, OSError, ValueError) as exc:
+            reason = str(exc).replace(f"{path}: ", "")
+            result.skipped.append((path, reason))
+            bar.write(f"skipped {path}: {reason}", file=sys.stderr)
+    return images
+
+
 def predict(checkpoint_path: str, inputs: Sequence[str], out: str, *, tile: bool | None = None,
-            overlap: float | None = None, mirror: bool | None = None,
-            counts: bool = False, plugin_refs: Sequence[str] | None = None, verbose: bool = True) -> PredictResult:
-    """Masks (original size), colour masks, overlays and cut-outs for every readable input; unreadable ones are
-    reported and skipped."""
+            overlap: float | None = None, mirror: bool | None = None, counts: bool = False,
+            plugin_refs: Sequence[str] | None = None, verbose: bool = True, amp: bool = True, device: str = "cpu",
+            batch_size: int = BATCH) -> PredictResult:
+    """Masks (original size), colour masks, overlays and cut-outs for every readable input, from a checkpoint or
+    an exported .onnx file; unreadable inputs are reported and skipped."""
     if overlap is not None and not 0 <= overlap < 1:
         raise InferenceError(f"--overlap {overlap}: use a fraction from 0 (no overlap) to below 1, e.g. 0.25")
-    predictor = Predictor.from_checkpoint(checkpoint_path, plugin_refs, verbose=verbose, mirror=mirror)
+    predictor = open_predictor(checkpoint_path, plugin_refs, verbose, mirror, amp, device, batch_size)
     paths, missing = expand_inputs(inputs)
     if not paths:
         detail = "; ".join(f"{p}: {why}" for p, why in missing) or "nothing given"
@@ -99,30 +113,29 @@ def predict(checkpoint_path: str, inputs: Sequence[str], out: str, *, tile: bool
     result = PredictResult(skipped=list(missing), out_dir=out)
     for path, why in missing:
         print(f"skipped {path}: {why}", file=sys.stderr)
+    if verbose:
+        print(f"predicting {len(paths)} image(s) on {predictor.description}", file=sys.stderr)
     rows: list[list[Any]] = []
     used: dict[str, int] = {}
     bar = progress_bar(len(paths), "predict", enabled=verbose)
-    for path in paths:
-        bar.update(1)
-        try:
-            image = segdata.read_image(path)
-        except (segdata.DataError, OSError, ValueError) as exc:
-            reason = str(exc).replace(f"{path}: ", "")
-            result.skipped.append((path, reason))
-            bar.write(f"skipped {path}: {reason}", file=sys.stderr)
-            continue
-        mask = predictor.predict_mask(image, tile=tile, overlap=overlap)
-        stem = Path(path.split("?")[0]).stem
-        used[stem] = used.get(stem, 0) + 1
-        if used[stem] > 1:
-            stem = f"{stem}-{used[stem]}"
-        for kind, array in render(image, mask, predictor.palette).items():
-            storage.write_bytes(storage.join(out, f"{stem}_{kind}.png"), _png(array))
-        if counts:
-            pixels = np.bincount(mask.ravel(), minlength=predictor.num_classes)[: predictor.num_classes]
-            rows.append([path, mask.shape[0], mask.shape[1], *pixels.tolist(),
-                         *(f"{v:.6f}" for v in pixels / pixels.sum())])
-        result.written.append(path)
+    for start in range(0, len(paths), predictor.batch_size):
+        chunk = paths[start:start + predictor.batch_size]
+        images = _read_batch(chunk, result, bar)
+        scores = predictor.batch_scores([image for _, image in images], tile=tile, overlap=overlap)
+        for (path, image), score in zip(images, scores, strict=True):
+            mask = score.argmax(axis=0).astype(np.uint8)
+            stem = Path(path.split("?")[0]).stem
+            used[stem] = used.get(stem, 0) + 1
+            if used[stem] > 1:
+                stem = f"{stem}-{used[stem]}"
+            for kind, array in render(image, mask, predictor.palette).items():
+                storage.write_bytes(storage.join(out, f"{stem}_{kind}.png"), _png(array))
+            if counts:
+                pixels = np.bincount(mask.ravel(), minlength=predictor.num_classes)[: predictor.num_classes]
+                rows.append([path, mask.shape[0], mask.shape[1], *pixels.tolist(),
+                             *(f"{v:.6f}" for v in pixels / pixels.sum())])
+            result.written.append(path)
+        bar.update(len(chunk))
     bar.close()
     if counts:
         text = io.StringIO()

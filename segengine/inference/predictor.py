@@ -8,6 +8,7 @@ Everything in `segengine.inference` starts here: `checkpoint.build_model` (weigh
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -23,7 +24,8 @@ from segengine import storage
 from segengine.precision import Precision
 from segengine.windows import sliding_probabilities
 
-BATCH = 8  # letterboxed images or tiles per forward pass
+BATCH = 8  # default letterboxed images or windows per forward pass (--batch-size)
+ONNX_METADATA_KEY = "unet_zoo"  # metadata_props entry `export` writes into an .onnx file
 
 
 class InferenceError(RuntimeError):
@@ -32,24 +34,47 @@ class InferenceError(RuntimeError):
     user_error = True
 
 
-
+def resolve_device(name: str | torch.device) -> torch.device:
+    """--device auto (CUDA when this machine has it, else the CPU), cpu, cuda or cuda:N."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InferenceError(f"--device {name}: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InferenceError(f"--device {name}: torch sees no CUDA device on this machine; use --device auto or cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise InferenceError(f"--device {name}: use auto, cpu, cuda or cuda:N")
+    return device
 
 
 class Predictor:
-    """A model in eval mode plus what its manifest says about inputs and outputs."""
+    """A model in eval mode on one device plus what its manifest says about inputs and outputs."""
 
     def __init__(self, model: torch.nn.Module, manifest: dict[str, Any], amp: bool = True,
-                 mirror: bool | None = None) -> None:
-        """`mirror` overrides the recipe's test-time flips (None: as the manifest says); the override is kept in
+                 mirror: bool | None = None, device: str | torch.device = "cpu", batch_size: int = BATCH) -> None:
+        """`amp`: bf16/fp16 autocast where `device` computes it natively (`segengine.precision`), else fp32.
+        `mirror` overrides the recipe's test-time flips (None: as the manifest says); the override is kept in
         `manifest` so that copies of the predictor (evaluate's Ray tasks) do the same."""
-        self.precision = Precision(torch.device("cpu"), amp)
-        self.model = self.precision.model(model.eval())
+        self.device = resolve_device(device)
+        self.precision = Precision(self.device, amp)
+        self.model: torch.nn.Module | None = self.precision.model(model.eval().to(self.device))
+        self._describe(manifest, mirror, int(getattr(getattr(model, "spec", None), "input_multiple", 1)), batch_size)
+
+    def _describe(self, manifest: dict[str, Any], mirror: bool | None, multiple: int, batch_size: int) -> None:
+        """Inputs, outputs and inference mode from a checkpoint manifest (or an exported file's metadata)."""
+        if batch_size < 1:
+            raise InferenceError(f"--batch-size {batch_size}: use 1 or more images or windows per forward pass")
+        self.batch_size = batch_size
         recorded = dict(manifest.get("inference") or {})  # checkpoints from before this key letterboxed
         if mirror is not None:
             recorded["mirror"] = mirror
             manifest = {**manifest, "inference": recorded}
         self.manifest = manifest
-        self.path: str | None = None  # the checkpoint folder, when built from one
+        self.path: str | None = None  # the checkpoint folder or exported file, when built from one
         self.num_classes = int(manifest["num_classes"])
         self.class_names = [str(n) for n in manifest.get("class_names") or range(self.num_classes)]
         self.in_channels = int(manifest["in_channels"])
@@ -61,7 +86,7 @@ class Predictor:
         if len(colors) < self.num_classes:
             colors = default_palette(self.num_classes)
         self.palette = np.asarray(colors[: self.num_classes], np.uint8).reshape(self.num_classes, 3)
-        self.multiple = int(getattr(getattr(model, "spec", None), "input_multiple", 1))
+        self.multiple = multiple
         self.transform = segdata.EvalTransform(self.input_size, self.mean, self.std)
         self.native = segdata.NativeTransform(self.mean, self.std)
         self.pad_value = segdata.normalised_grey(self.mean, self.std)
@@ -72,19 +97,25 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str, plugin_refs: Sequence[str] | None = None, verbose: bool = True,
-                        mirror: bool | None = None) -> Predictor:
-        """From a checkpoint folder, its state.pt, or a run/search folder (its best checkpoint, printed)."""
+                        mirror: bool | None = None, **options: Any) -> Predictor:
+        """From a checkpoint folder, its state.pt, or a run/search folder (its best checkpoint, printed);
+        `options` are the constructor's (amp, device, batch_size)."""
         found = ckpt.locate(path)
         if verbose and found.rstrip("/") != storage.resolve(str(path)).rstrip("/"):
             print(f"checkpoint {found}", file=sys.stderr)
         model, manifest = ckpt.build_model(found, list(plugin_refs or []))
-        predictor = cls(model, manifest, mirror=mirror)
+        predictor = cls(model, manifest, mirror=mirror, **options)
         predictor.path = found
         return predictor
 
+    @property
+    def description(self) -> str:
+        """Where and how the forward passes run, for the CLI's first line."""
+        return f"{self.device.type}, {self.precision.name}, batch {self.batch_size}"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """fp32 logits of a batch, computed in bf16 where this CPU does that natively (`segengine.precision`)."""
-        return self.precision.forward(self.model, x)
+        """fp32 logits of a batch on this predictor's device, in its precision (`segengine.precision`)."""
+        return self.precision.forward(self.model, x.to(self.device, non_blocking=True))
 
     def channels(self, image: np.ndarray) -> np.ndarray:
         """H x W x C uint8 with the channels the model was trained on (grey <-> RGB as training did)."""
@@ -94,13 +125,13 @@ class Predictor:
     def letterbox_logits(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Per image: C x H x W float32 logits at the image's original size (letterbox in, inverse out)."""
         out: list[np.ndarray] = []
-        for start in range(0, len(images), BATCH):
+        for start in range(0, len(images), self.batch_size):
             xs, boxes = [], []
-            for image in images[start:start + BATCH]:
+            for image in images[start:start + self.batch_size]:
                 x, _, box = self.transform(self.channels(image))
                 xs.append(x)
                 boxes.append(box)
-            logits = self.forward(torch.from_numpy(np.stack(xs))).numpy()
+            logits = self.forward(torch.from_numpy(np.stack(xs))).cpu().numpy()
             out.extend(box.invert(lg) for lg, box in zip(logits, boxes, strict=True))
         return out
 
@@ -119,21 +150,80 @@ class Predictor:
         overlap = self.inference["overlap"] if overlap is None else overlap
         if not 0 <= overlap < 1:
             raise InferenceError(f"--overlap {overlap}: use a fraction from 0 (no overlap) to below 1, e.g. 0.25")
-        x = torch.from_numpy(self._normalise(image))
+        x = torch.from_numpy(self._normalise(image)).to(self.device)
         probs = sliding_probabilities(self.forward, x, self.inference["window"], overlap, self.num_classes,
-                                      self.pad_value, batch=BATCH, mirror=self.inference["mirror"])
-        return probs.numpy()
+                                      self.pad_value, batch=self.batch_size, mirror=self.inference["mirror"])
+        return probs.cpu().numpy()
+
+    def batch_scores(self, images: Sequence[np.ndarray], *, tile: bool | None = None,
+                     overlap: float | None = None) -> list[np.ndarray]:
+        """Per image: C x H x W scores at its original size (log-probabilities for windows, logits for letterbox);
+        letterboxed images share forward passes, windows are batched within each image."""
+        if self.uses_windows(tile):
+            return [np.log(np.maximum(self.tiled_probabilities(image, overlap), 1e-8)) for image in images]
+        return self.letterbox_logits(images)
 
     def scores(self, image: np.ndarray, *, tile: bool | None = None, overlap: float | None = None) -> np.ndarray:
-        """C x H x W scores at the image's original size (log-probabilities for windows, logits for letterbox)."""
-        if self.uses_windows(tile):
-            return np.log(np.maximum(self.tiled_probabilities(image, overlap), 1e-8))
-        return self.letterbox_logits([image])[0]
+        """`batch_scores` of one image."""
+        return self.batch_scores([image], tile=tile, overlap=overlap)[0]
 
     def predict_mask(self, image: np.ndarray, *, tile: bool | None = None, overlap: float | None = None
                      ) -> np.ndarray:
         """H x W uint8 class ids at the image's original size."""
         return self.scores(image, tile=tile, overlap=overlap).argmax(axis=0).astype(np.uint8)
+
+
+class OnnxPredictor(Predictor):
+    """An exported .onnx file run by onnxruntime with the metadata `export` embedded (normalisation, classes,
+    colours, input multiple, inference mode): no checkpoint, plugin or model code needed."""
+
+    def __init__(self, path: str, mirror: bool | None = None, batch_size: int = BATCH,
+                 providers: Sequence[str] | None = None) -> None:
+        import onnx
+        import onnxruntime as ort
+
+        try:
+            data = storage.read_bytes(path)
+            proto = onnx.load_model_from_string(data)
+        except Exception as exc:  # missing file, not an ONNX protobuf: many types, one line for the CLI
+            raise InferenceError(f"{path}: cannot read an ONNX model ({type(exc).__name__}: "
+                                 f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from None
+        props = {entry.key: entry.value for entry in proto.metadata_props}
+        if ONNX_METADATA_KEY not in props:
+            raise InferenceError(f"{path}: no '{ONNX_METADATA_KEY}' metadata (not written by `launch.py export`, or "
+                                 "a model over 1.8 GiB exported with external data); predict from its checkpoint")
+        metadata = json.loads(props[ONNX_METADATA_KEY])
+        available = ort.get_available_providers()
+        chosen = [p for p in (providers or ("CUDAExecutionProvider", "CPUExecutionProvider")) if p in available]
+        self.session = ort.InferenceSession(data, providers=chosen or ["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.device = torch.device("cpu")  # inputs and outputs cross as numpy; onnxruntime places the compute
+        self.precision = Precision(self.device, amp=False)
+        self.model = None
+        self._describe(metadata, mirror, int(metadata.get("input_multiple", 1)), batch_size)
+        self.path = path
+
+    @property
+    def description(self) -> str:
+        return f"onnxruntime {self.session.get_providers()[0]}, batch {self.batch_size}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {self.input_name: x.float().contiguous().cpu().numpy()})[0])
+
+
+def is_onnx(path: str) -> bool:
+    return path.split("?")[0].lower().endswith(".onnx")
+
+
+def open_predictor(path: str, plugin_refs: Sequence[str] | None = None, verbose: bool = True,
+                   mirror: bool | None = None, amp: bool = True, device: str = "cpu",
+                   batch_size: int = BATCH) -> Predictor:
+    """A checkpoint (folder, state.pt, run or search folder) or an exported .onnx file, as evaluate/predict take."""
+    if is_onnx(path):
+        cpu_only = resolve_device(device).type == "cpu"
+        return OnnxPredictor(path, mirror, batch_size, providers=("CPUExecutionProvider",) if cpu_only else None)
+    return Predictor.from_checkpoint(path, plugin_refs, verbose, mirror, amp=amp, device=device,
+                                     batch_size=batch_size)
 
 
 def progress_bar(total: int, desc: str, enabled: bool = True):

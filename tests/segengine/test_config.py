@@ -48,7 +48,7 @@ def test_help_shows_the_schema_defaults_and_flags_are_declared_once():
     from segengine.config import cli_flags
 
     options = dict(cli_flags("train"))
-    assert options["--lr"]["help"].endswith("(default: 0.0001)") and options["--lr"]["dest"] == "lr"
+    assert options["--lr"]["help"].endswith("(default: 0.001)") and options["--lr"]["dest"] == "lr"
     assert options["--input-size"]["nargs"] == 2 and options["--wait-for-resources"]["dest"] == "resource_wait_s"
     assert "--workers" not in dict(cli_flags("tune"))
     args = build_parser().parse_args(["train", "--lr", "0.01", "--min-steps", "7"])

@@ -160,6 +160,100 @@ def test_export_matches_pytorch(ckpt, tmp_path, fmt, capsys):
     assert np.abs(got - reference).max() <= inference.EXPORT_TOLERANCE
 
 
+def _prediction_inputs(pairs, folder: Path) -> Path:
+    """Two odd-sized images (letterboxed) and one larger than the input (sliding windows), as PNG files."""
+    folder.mkdir()
+    for i, (image, _) in enumerate(pairs[:2]):
+        Image.fromarray(image).resize((77, 53), Image.BILINEAR).save(folder / f"odd{i}.png")
+    Image.fromarray(np.block([[pairs[0][0], pairs[1][0]], [pairs[2][0], pairs[3][0]]])[:100, :120]).save(
+        folder / "large.png")
+    return folder
+
+
+@pytest.mark.parametrize("tile", ["--tile", "--no-tile"])
+def test_predict_from_the_onnx_file_alone_matches_the_checkpoint(ckpt, synth_root, tmp_path, tile, capsys):
+    """`predict model.onnx`: no checkpoint, plugin or model code; masks equal the checkpoint's fp32 masks."""
+    inputs = _prediction_inputs(_val_pairs(synth_root), tmp_path / "in")
+    onnx_path = tmp_path / "deploy" / "model.onnx"
+    inference.export(ckpt, "onnx", str(onnx_path), verbose=False)
+    assert main(["predict", ckpt, str(inputs), "--out", str(tmp_path / "torch"), tile, "--no-amp",
+                 "--device", "cpu"]) == 0
+    assert main(["predict", str(onnx_path), str(inputs), "--out", str(tmp_path / "onnx"), tile,
+                 "--batch-size", "3"]) == 0
+    assert "onnxruntime CPUExecutionProvider, batch 3" in capsys.readouterr().err
+    for stem in ("odd0", "odd1", "large"):
+        expected = np.array(Image.open(tmp_path / "torch" / f"{stem}_mask.png"))
+        got = np.array(Image.open(tmp_path / "onnx" / f"{stem}_mask.png"))
+        assert got.shape == expected.shape and (got == expected).mean() == 1.0, stem
+
+
+def test_evaluate_the_onnx_file_scores_like_the_checkpoint(ckpt, tmp_path):
+    onnx_path = tmp_path / "model.onnx"
+    inference.export(ckpt, "onnx", str(onnx_path), verbose=False)
+    torch_scores = inference.evaluate(ckpt, TINY_SYNTH, out=str(tmp_path / "a"), verbose=False, amp=False)
+    onnx_scores = inference.evaluate(str(onnx_path), TINY_SYNTH, out=str(tmp_path / "b"), verbose=False)
+    np.testing.assert_array_equal(onnx_scores.confusion, torch_scores.confusion)
+    with pytest.raises(inference.InferenceError, match="--workers 2 ships the checkpoint"):
+        inference.evaluate(str(onnx_path), TINY_SYNTH, workers=2, out=str(tmp_path / "c"), verbose=False)
+
+
+def test_onnx_files_without_our_metadata_are_refused_in_one_line(tmp_path, capsys):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 8, 8])])
+    onnx.save(helper.make_model(graph), str(tmp_path / "other.onnx"))
+    (tmp_path / "text.onnx").write_text("not a model")
+    (tmp_path / "in.png").write_bytes(b"")
+    for name, message in (("other.onnx", "no 'unet_zoo' metadata"), ("text.onnx", "cannot read an ONNX model")):
+        assert main(["predict", str(tmp_path / name), str(tmp_path / "in.png"), "--out", str(tmp_path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_export_safetensors_rebuilds_with_zoo_from_its_manifest(ckpt, tmp_path, capsys):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    import zoo
+
+    path = tmp_path / "weights" / "model.safetensors"
+    assert main(["export", ckpt, "--format", "safetensors", "--out", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert "max abs diff vs PyTorch" in printed and "model.json" in printed
+    manifest = json.loads((tmp_path / "weights" / "model.json").read_text())
+    with safe_open(str(path), "pt") as handle:
+        assert json.loads(handle.metadata()["unet_zoo"]) == manifest
+    model = zoo.create_model(manifest["encoder"], manifest["num_classes"], in_channels=manifest["in_channels"],
+                             **manifest.get("model_kwargs", {}))
+    model.load_state_dict(load_file(str(path)))
+    reference, _ = checkpoint.build_model(ckpt)
+    x = torch.randn(2, 1, 64, 96, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        np.testing.assert_array_equal(model.eval()(x).numpy(), reference(x).numpy())
+    assert manifest["input_multiple"] == 4 and manifest["class_names"] == ["background", "membrane"]
+
+
+def test_batch_size_device_and_precision_flags(ckpt, synth_root, tmp_path, capsys):
+    """Batches of 1 and 8 give the same fp32 scores; an absent CUDA device and batch 0 are one-line errors."""
+    images = [image[:, :, None] for image, _ in _val_pairs(synth_root)[:5]]
+    images.append(np.random.default_rng(3).integers(0, 256, (90, 130, 1), dtype=np.uint8))
+    one = inference.Predictor.from_checkpoint(ckpt, amp=False, batch_size=1)
+    eight = inference.Predictor.from_checkpoint(ckpt, amp=False, batch_size=8, device="auto")
+    assert eight.description.startswith("cuda" if torch.cuda.is_available() else "cpu, fp32, batch 8")
+    for tile in (False, True):
+        for a, b in zip(one.batch_scores(images, tile=tile), eight.batch_scores(images, tile=tile), strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-4)
+    (tmp_path / "in.png").write_bytes(b"")
+    flags = [["--batch-size", "0"]] + ([] if torch.cuda.is_available() else [["--device", "cuda"]])
+    for extra in flags:
+        assert main(["predict", ckpt, str(tmp_path / "in.png"), "--out", str(tmp_path), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and extra[0] in err and len(err.splitlines()) == 1, err
+
+
 def _copy(ckpt: str, dest: Path) -> Path:
     shutil.copytree(ckpt, dest)
     return dest
