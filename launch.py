@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="checkpoint, run or search folder, or an exported .onnx file")
     p.add_argument("--data", required=True, metavar="DIR_OR_URI")
     p.add_argument("--split", default="val", help="val, test, train or a split FILE")
-    p.add_argument("--workers", type=int, default=1, help=">1 spreads the split over Ray tasks")
+    p.add_argument("--workers", type=int, default=1, help=">1: a pool of N Ray Data predictor actors")
     p.add_argument("--out", default=None, help="folder for JSON/CSV/PNG (default: next to the checkpoint)")
     p.add_argument("--address", default=None)
     _add_tile_flag(p)
@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tile_flag(p)
     p.add_argument("--overlap", type=float, default=None, help="window overlap (default: the recipe's, or 0.25)")
     p.add_argument("--counts", action="store_true", help="also write per-class pixel counts (CSV)")
+    p.add_argument("--workers", type=int, default=1, help=">1: a pool of N Ray Data predictor actors")
+    p.add_argument("--address", default=None, help="Ray cluster for --workers (default: $RAY_ADDRESS, else local)")
     _add_device_flags(p)
     _add_plugin_flag(p)
 

@@ -6,7 +6,7 @@
    throughput ratios (images/s).
 3. Where the seconds go, from each run's `timings.json` (written by the worker): start-up phases and, per epoch,
    training steps, validation, collectives (the per-step non-finite check and the metrics all-reduce) and
-   `ray.train.report` (checkpoint written locally, then uploaded asynchronously by Ray).
+   `ray.train.report` (checkpoint written locally, then persisted by Ray before the call returns).
 
 The setups are interleaved (A B C, B C A, C A B, ...) over --repeats rounds and every figure is a median, so one
 noisy stretch of a shared machine does not decide a ratio.

@@ -105,8 +105,8 @@ def predict(args: argparse.Namespace) -> int:
     from segengine.inference import predict as run_predict
 
     result = run_predict(args.checkpoint, args.inputs, args.out, tile=args.tile, overlap=args.overlap,
-                         mirror=args.mirror, counts=args.counts, plugin_refs=args.plugin,
-                         **_inference_options(args))
+                         mirror=args.mirror, counts=args.counts, plugin_refs=args.plugin, workers=args.workers,
+                         address=args.address, **_inference_options(args))
     return 1 if result.skipped else 0
 
 

@@ -9,8 +9,8 @@ import pyarrow.fs as pafs
 
 from segdata.files import is_uri, join, locate
 
-__all__ = ["delete_dir", "download_dir", "exists", "filesystem", "is_uri", "join", "list_dirs", "read_bytes",
-           "read_text", "resolve", "upload_dir", "write_bytes"]
+__all__ = ["delete_dir", "download_dir", "exists", "filesystem", "is_dir", "is_uri", "join", "list_dirs", "list_files",
+           "read_bytes", "read_text", "resolve", "upload_dir", "write_bytes"]
 
 
 def resolve(path: str) -> str:
@@ -53,13 +53,27 @@ def write_bytes(path: str, data: bytes) -> None:
         f.write(data)
 
 
-def list_dirs(path: str) -> list[str]:
-    """Names of the sub-folders of a folder (empty if it does not exist)."""
+def _entries(path: str, kind: pafs.FileType) -> list[str]:
     fs, p = filesystem(path)
     if fs.get_file_info(p).type != pafs.FileType.Directory:
         return []
     infos = fs.get_file_info(pafs.FileSelector(p, recursive=False))
-    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+    return sorted(i.base_name for i in infos if i.type == kind)
+
+
+def list_dirs(path: str) -> list[str]:
+    """Names of the sub-folders of a folder (empty if it does not exist)."""
+    return _entries(path, pafs.FileType.Directory)
+
+
+def list_files(path: str) -> list[str]:
+    """Names of the files in a folder or object-storage prefix, not recursive (empty if it does not exist)."""
+    return _entries(path, pafs.FileType.File)
+
+
+def is_dir(path: str) -> bool:
+    fs, p = filesystem(path)
+    return fs.get_file_info(p).type == pafs.FileType.Directory
 
 
 def delete_file(path: str) -> None:

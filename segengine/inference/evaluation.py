@@ -1,6 +1,6 @@
-"""`launch.py evaluate`: one confusion matrix over a whole split at original resolution, summed over Ray tasks when
---workers > 1; scores from `metrics.scores_from_confusion` plus the tutorial's f_score; a table, metrics.json,
-confusion_matrix.csv and per_class_iou.png."""
+"""`launch.py evaluate`: one confusion matrix over a whole split at original resolution, summed over Ray Data
+actors when --workers > 1; scores from `metrics.scores_from_confusion` plus the tutorial's f_score; a table,
+metrics.json, confusion_matrix.csv and per_class_iou.png."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ import torch
 
 import segdata
 from segengine import storage
-from segengine.inference.predictor import BATCH, InferenceError, Predictor, open_predictor, progress_bar
+from segengine.inference.batch_jobs import map_items
+from segengine.inference.predictor import BATCH, InferenceError, Predictor, open_predictor
 from segengine.metrics import MetricAccumulator
 
 
@@ -52,79 +53,47 @@ def default_eval_dir(checkpoint_path: str, split: str) -> str:
     return str(Path(storage.resolve(checkpoint_path)).parent / name)
 
 
-def _read_pair(sample, meta) -> tuple[np.ndarray, np.ndarray]:
-    image = segdata.read_image(sample.image)
-    label = segdata.read_label(sample.label, meta)
+def _read_pair(image_path: str, label_path: str, meta) -> tuple[np.ndarray, np.ndarray]:
+    image = segdata.read_image(image_path)
+    label = segdata.read_label(label_path, meta)
     if label.shape != image.shape[:2]:
-        raise InferenceError(f"{sample.label}: label is {label.shape[1]}x{label.shape[0]} but its image is "
+        raise InferenceError(f"{label_path}: label is {label.shape[1]}x{label.shape[0]} but its image is "
                              f"{image.shape[1]}x{image.shape[0]}")
     return image, label
 
 
+def evaluate_batch(predictor: Predictor, batch: dict[str, np.ndarray], *, meta: dict[str, Any],
+                   tile: bool | None) -> dict[str, np.ndarray]:
+    """Per (image, label) pair of the batch, in this process or in a Ray Data actor: its confusion matrix and
+    f_score counts at original resolution, flattened."""
+    meta_obj = segdata.DatasetMeta.from_dict(meta)
+    pairs = [_read_pair(image, label, meta_obj) for image, label in zip(batch["image"], batch["label"], strict=True)]
+    scores = predictor.batch_scores([image for image, _ in pairs], tile=tile)
+    cms, counts = [], []
+    for lg, (_, label) in zip(scores, pairs, strict=True):
+        acc = MetricAccumulator(predictor.num_classes)
+        acc.update(torch.from_numpy(lg[None]), torch.from_numpy(label[None].astype(np.int64)), 0.0)
+        cms.append(acc.cm.numpy().ravel())
+        counts.append(acc.fscore_counts.numpy().ravel())
+    return {"cm": np.stack(cms), "fscore": np.stack(counts)}
+
+
 def evaluate_samples(predictor: Predictor, samples: Sequence, meta, progress: bool = False,
-                     tile: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(confusion matrix, f_score counts) of the samples at original resolution."""
-    acc = MetricAccumulator(predictor.num_classes)
-    samples = list(samples)
-    bar = progress_bar(len(samples), "evaluate", enabled=progress)
-    for start in range(0, len(samples), predictor.batch_size):
-        pairs = [_read_pair(s, meta) for s in samples[start:start + predictor.batch_size]]
-        scores = predictor.batch_scores([image for image, _ in pairs], tile=tile)
-        for lg, (_, label) in zip(scores, pairs, strict=True):
-            acc.update(torch.from_numpy(lg[None]), torch.from_numpy(label[None].astype(np.int64)), 0.0)
-        bar.update(len(pairs))
-    bar.close()
-    return acc.cm.numpy(), acc.fscore_counts.numpy()
-
-
-def _evaluate_shard(state: dict[str, Any], manifest: dict[str, Any], plugin_refs: list[str],
-                    samples: list, meta_dict: dict[str, Any], tile: bool | None) -> tuple[np.ndarray, np.ndarray]:
-    """A Ray task: rebuild the model from its weights and sum the confusion matrix of one shard of files."""
-    import plugins
-    import zoo
-
-    plugins.autoload()
-    plugins.load_on_worker(plugin_refs)
-    model = zoo.create_model(manifest["encoder"], manifest["num_classes"], in_channels=manifest["in_channels"],
-                             **manifest.get("model_kwargs", {}))
-    model.load_state_dict(state)
-    return evaluate_samples(Predictor(model, manifest), samples, segdata.DatasetMeta.from_dict(meta_dict),
-                            tile=tile)
-
-
-def _evaluate_on_ray(predictor: Predictor, samples: list, meta, workers: int, address: str | None,
-                     plugin_refs: list[str], tile: bool | None) -> tuple[np.ndarray, np.ndarray]:
-    """Shards of the split as Ray tasks (one CPU each), their confusion matrices summed on the driver."""
-    import ray
-
-    import plugins
-    from segengine.ray_adapter import ray_session
-
-    refs = plugins.resolve_plugin_refs(plugin_refs)
-    with ray_session(address, refs):
-        task = ray.remote(num_cpus=1, max_retries=2)(_evaluate_shard)
-        state = ray.put({k: v.detach().cpu() for k, v in predictor.model.state_dict().items()})
-        shards = [samples[i::workers] for i in range(workers) if samples[i::workers]]
-        meta_dict = meta.to_dict()
-        pending = [task.remote(state, predictor.manifest, refs, shard, meta_dict, tile) for shard in shards]
-        bar = progress_bar(len(samples), f"evaluate ({len(shards)} Ray tasks)", enabled=True)
-        sizes = {ref: len(shard) for ref, shard in zip(pending, shards, strict=True)}
-        cm = np.zeros((predictor.num_classes,) * 2, np.int64)
-        counts = np.zeros((3, predictor.num_classes), np.float64)
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            try:
-                part_cm, part_counts = ray.get(done[0])
-            except ray.exceptions.RayTaskError as exc:  # a data error in a task stays one line for the CLI
-                cause = getattr(exc, "cause", None)
-                if getattr(cause, "user_error", False):
-                    raise cause from None
-                raise
-            cm += part_cm
-            counts += part_counts
-            bar.update(sizes[done[0]])
-        bar.close()
-        return cm, counts
+                     tile: bool | None = None, workers: int = 1, address: str | None = None,
+                     plugin_refs: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """(confusion matrix, f_score counts) of the samples at original resolution, summed over the images; in this
+    process, or on `workers` Ray Data predictor actors (`on_ray`)."""
+    k = predictor.num_classes
+    items = [{"image": str(s.image), "label": str(s.label)} for s in samples]
+    job_kwargs = {"meta": meta.to_dict(), "tile": tile}
+    rows = map_items(predictor, items, evaluate_batch, job_kwargs, workers=workers, address=address,
+                     plugin_refs=plugin_refs, device="cpu", desc="evaluate", progress=progress)
+    cm = np.zeros((k, k), np.int64)
+    counts = np.zeros((3, k), np.float64)
+    for row in rows:
+        cm += np.asarray(row["cm"], np.int64).reshape(k, k)
+        counts += np.asarray(row["fscore"], np.float64).reshape(3, k)
+    return cm, counts
 
 
 @dataclass
@@ -141,11 +110,8 @@ def evaluate(checkpoint_path: str, data: str, *, split: str = "val", workers: in
     """Metrics of a checkpoint (or an exported .onnx file) on a dataset split at original resolution; writes
     metrics.json, confusion_matrix.csv and per_class_iou.png into `out` (default `eval-<split>` next to it)."""
     if workers < 1:
-        raise InferenceError(f"--workers {workers}: use 1 (this process) or more (Ray tasks)")
+        raise InferenceError(f"--workers {workers}: use 1 (this process) or more (Ray Data actors)")
     predictor = open_predictor(checkpoint_path, plugin_refs, verbose, mirror, amp, device, batch_size)
-    if workers > 1 and predictor.model is None:
-        raise InferenceError(f"--workers {workers} ships the checkpoint's weights to Ray tasks; evaluate "
-                             f"{checkpoint_path} with --workers 1, or evaluate its checkpoint")
     checkpoint_path = predictor.path or checkpoint_path
     folder = open_eval_dataset(data, predictor.manifest)
     meta = folder.meta
@@ -159,10 +125,8 @@ def evaluate(checkpoint_path: str, data: str, *, split: str = "val", workers: in
                              f"(e.g. {unlabelled[0]}); evaluate needs labels, use `launch.py predict` for these")
     if not samples:
         raise InferenceError(f"split {split!r} of {folder.root} is empty")
-    if workers > 1:
-        cm, counts = _evaluate_on_ray(predictor, samples, meta, workers, address, list(plugin_refs or []), tile)
-    else:
-        cm, counts = evaluate_samples(predictor, samples, meta, progress=verbose, tile=tile)
+    cm, counts = evaluate_samples(predictor, samples, meta, progress=verbose, tile=tile, workers=workers,
+                                  address=address, plugin_refs=list(plugin_refs or []))
 
     acc = MetricAccumulator(predictor.num_classes)
     acc.cm += torch.from_numpy(np.asarray(cm, np.int64))

@@ -7,12 +7,13 @@ from __future__ import annotations
 import csv
 import glob
 import io
+import json
 import os
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -20,7 +21,8 @@ from PIL import Image
 import segdata
 from segdata.folder import IMAGE_EXTENSIONS, natural_key
 from segengine import storage
-from segengine.inference.predictor import BATCH, InferenceError, open_predictor, progress_bar
+from segengine.inference.batch_jobs import map_items
+from segengine.inference.predictor import BATCH, InferenceError, Predictor, open_predictor
 
 OVERLAY_ALPHA = 0.7  # the tutorial's Image.blend(original, colours, 0.7)
 
@@ -34,11 +36,18 @@ class PredictResult:
 
 
 def expand_inputs(inputs: Iterable[str]) -> tuple[list[str], list[tuple[str, str]]]:
-    """Image paths from files, folders (their image files, not recursive) and globs; plus what matched nothing."""
+    """Image paths from files, folders and object-storage prefixes (their image files, not recursive) and globs;
+    plus what matched nothing."""
     found: list[str] = []
     missing: list[tuple[str, str]] = []
     for item in inputs:
-        if storage.is_uri(item):
+        if storage.is_uri(item) and storage.is_dir(item):  # a folder or prefix on object storage
+            names = sorted((n for n in storage.list_files(item) if n.lower().endswith(IMAGE_EXTENSIONS)),
+                           key=natural_key)
+            if not names:
+                missing.append((item, f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under this prefix"))
+            found.extend(storage.join(item, n) for n in names)
+        elif storage.is_uri(item):
             found.append(item)
         elif os.path.isdir(item):
             names = sorted((n for n in os.listdir(item) if n.lower().endswith(IMAGE_EXTENSIONS)
@@ -84,28 +93,68 @@ def render(image: np.ndarray, mask: np.ndarray, palette: np.ndarray) -> dict[str
 
 
 
-def _read_batch(paths: Sequence[str], result: PredictResult, bar) -> list[tuple[str, np.ndarray]]:
-    """(path, image) of the readable ones; the others are recorded as skipped, with the reason."""
-    images = []
+def _write_counts(out: str, counts: list[list[int]], paths: list[str], class_names: list[str]) -> None:
+    """counts.csv: per image its size, then the pixels and the share of each class."""
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["image", "height", "width", *(f"{n}_pixels" for n in class_names),
+                     *(f"{n}_share" for n in class_names)])
+    for path, (height, width, *pixels) in zip(paths, counts, strict=True):
+        total = max(sum(pixels), 1)
+        writer.writerow([path, height, width, *pixels, *(f"{v / total:.6f}" for v in pixels)])
+    storage.write_bytes(storage.join(out, "counts.csv"), text.getvalue().encode())
+
+
+def output_stems(paths: Sequence[str]) -> list[str]:
+    """Output name per input: its file stem, with `-2`, `-3`, ... where stems repeat across folders (decided
+    once on the driver, so that Ray actors never race for a name)."""
+    used: dict[str, int] = {}
+    stems = []
     for path in paths:
+        stem = Path(path.split("?")[0]).stem
+        used[stem] = used.get(stem, 0) + 1
+        stems.append(stem if used[stem] == 1 else f"{stem}-{used[stem]}")
+    return stems
+
+
+def predict_batch(predictor: Predictor, batch: dict[str, np.ndarray], *, out: str, tile: bool | None,
+                  overlap: float | None) -> dict[str, np.ndarray]:
+    """Read, predict and write one batch of inputs (in this process or in a Ray Data actor): per input, whether
+    it was written, why not, and its per-class pixel counts (JSON)."""
+    paths, stems = [str(p) for p in batch["path"]], [str(s) for s in batch["stem"]]
+    reasons = [""] * len(paths)
+    images = {}
+    for i, path in enumerate(paths):
         try:
-            images.append((path, segdata.read_image(path)))
+            images[i] = segdata.read_image(path)
         except (segdata.DataError, OSError, ValueError) as exc:
-            reason = str(exc).replace(f"{path}: ", "")
-            result.skipped.append((path, reason))
-            bar.write(f"skipped {path}: {reason}", file=sys.stderr)
-    return images
+            reasons[i] = str(exc).replace(f"{path}: ", "") or type(exc).__name__
+    readable = sorted(images)
+    scores = predictor.batch_scores([images[i] for i in readable], tile=tile, overlap=overlap)
+    counts = [""] * len(paths)
+    for i, score in zip(readable, scores, strict=True):
+        mask = score.argmax(axis=0).astype(np.uint8)
+        for kind, array in render(images[i], mask, predictor.palette).items():
+            storage.write_bytes(storage.join(out, f"{stems[i]}_{kind}.png"), _png(array))
+        pixels = np.bincount(mask.ravel(), minlength=predictor.num_classes)[: predictor.num_classes]
+        counts[i] = json.dumps([*mask.shape, *pixels.tolist()])
+    return {"path": np.asarray(paths, dtype=object), "reason": np.asarray(reasons, dtype=object),
+            "counts": np.asarray(counts, dtype=object)}
 
 
 def predict(checkpoint_path: str, inputs: Sequence[str], out: str, *, tile: bool | None = None,
             overlap: float | None = None, mirror: bool | None = None, counts: bool = False,
             plugin_refs: Sequence[str] | None = None, verbose: bool = True, amp: bool = True, device: str = "cpu",
-            batch_size: int = BATCH) -> PredictResult:
+            batch_size: int = BATCH, workers: int = 1, address: str | None = None) -> PredictResult:
     """Masks (original size), colour masks, overlays and cut-outs for every readable input, from a checkpoint or
-    an exported .onnx file; unreadable inputs are reported and skipped."""
+    an exported .onnx file, in this process or (`workers` > 1) on Ray Data actors; unreadable inputs are reported
+    and skipped. Writes `summary.json` (images, img/s, skipped inputs and why, nodes used) beside the masks."""
     if overlap is not None and not 0 <= overlap < 1:
         raise InferenceError(f"--overlap {overlap}: use a fraction from 0 (no overlap) to below 1, e.g. 0.25")
-    predictor = open_predictor(checkpoint_path, plugin_refs, verbose, mirror, amp, device, batch_size)
+    if workers < 1:
+        raise InferenceError(f"--workers {workers}: use 1 (this process) or more (Ray Data actors)")
+    predictor = open_predictor(checkpoint_path, plugin_refs, verbose, mirror, amp,
+                               "cpu" if workers > 1 else device, batch_size)
     paths, missing = expand_inputs(inputs)
     if not paths:
         detail = "; ".join(f"{p}: {why}" for p, why in missing) or "nothing given"
@@ -113,41 +162,44 @@ def predict(checkpoint_path: str, inputs: Sequence[str], out: str, *, tile: bool
     result = PredictResult(skipped=list(missing), out_dir=out)
     for path, why in missing:
         print(f"skipped {path}: {why}", file=sys.stderr)
-    if verbose:
+    items = [{"path": p, "stem": s} for p, s in zip(paths, output_stems(paths), strict=True)]
+    job_kwargs = {"out": out, "tile": tile, "overlap": overlap}
+    started = time.perf_counter()
+    if verbose and workers == 1:
         print(f"predicting {len(paths)} image(s) on {predictor.description}", file=sys.stderr)
-    rows: list[list[Any]] = []
-    used: dict[str, int] = {}
-    bar = progress_bar(len(paths), "predict", enabled=verbose)
-    for start in range(0, len(paths), predictor.batch_size):
-        chunk = paths[start:start + predictor.batch_size]
-        images = _read_batch(chunk, result, bar)
-        scores = predictor.batch_scores([image for _, image in images], tile=tile, overlap=overlap)
-        for (path, image), score in zip(images, scores, strict=True):
-            mask = score.argmax(axis=0).astype(np.uint8)
-            stem = Path(path.split("?")[0]).stem
-            used[stem] = used.get(stem, 0) + 1
-            if used[stem] > 1:
-                stem = f"{stem}-{used[stem]}"
-            for kind, array in render(image, mask, predictor.palette).items():
-                storage.write_bytes(storage.join(out, f"{stem}_{kind}.png"), _png(array))
-            if counts:
-                pixels = np.bincount(mask.ravel(), minlength=predictor.num_classes)[: predictor.num_classes]
-                rows.append([path, mask.shape[0], mask.shape[1], *pixels.tolist(),
-                             *(f"{v:.6f}" for v in pixels / pixels.sum())])
-            result.written.append(path)
-        bar.update(len(chunk))
-    bar.close()
+    rows = map_items(predictor, items, predict_batch, job_kwargs, workers=workers, address=address,
+                     plugin_refs=list(plugin_refs or []), device=device, desc="predict", progress=verbose)
+    pixel_counts: dict[str, list[int]] = {}
+    nodes: dict[str, int] = {}
+    ray_start_s = 0.0
+    for row in rows:
+        ray_start_s = float(row.get("ray_start_s", ray_start_s))
+        if row["reason"]:
+            result.skipped.append((row["path"], row["reason"]))
+            print(f"skipped {row['path']}: {row['reason']}", file=sys.stderr)
+            continue
+        result.written.append(row["path"])
+        pixel_counts[row["path"]] = json.loads(row["counts"])
+        if "node" in row:
+            nodes[row["node"]] = nodes.get(row["node"], 0) + 1
+    seconds = time.perf_counter() - started
+    order = {p: i for i, p in enumerate(paths)}
+    result.written.sort(key=order.__getitem__)
+    summary = {"checkpoint": predictor.path or checkpoint_path, "images": len(paths),
+               "written": len(result.written), "skipped": [{"input": p, "why": why} for p, why in result.skipped],
+               "seconds": round(seconds, 3), "images_per_s": round(len(result.written) / max(seconds, 1e-9), 3),
+               "workers": workers, "nodes": nodes or None, "ray_start_s": round(ray_start_s, 3) if nodes else None}
+    storage.write_bytes(storage.join(out, "summary.json"), json.dumps(summary, indent=2).encode())
     if counts:
-        text = io.StringIO()
-        writer = csv.writer(text)
-        writer.writerow(["image", "height", "width", *(f"{n}_pixels" for n in predictor.class_names),
-                         *(f"{n}_share" for n in predictor.class_names)])
-        writer.writerows(rows)
-        storage.write_bytes(storage.join(out, "counts.csv"), text.getvalue().encode())
+        _write_counts(out, [pixel_counts[p] for p in result.written], result.written, predictor.class_names)
     if verbose:
         what = "masks, colour masks, overlays, cut-outs" + (" and counts.csv" if counts else "")
-        print(f"wrote {what} for {len(result.written)} image(s) to {out}"
-              + (f"; skipped {len(result.skipped)} unreadable input(s)" if result.skipped else ""))
+        spread = ", ".join(f"{node}: {n}" for node, n in sorted(nodes.items()))
+        where = f" on {len(nodes)} node(s) ({spread})" if nodes else ""
+        print(f"wrote {what} for {len(result.written)} image(s) to {out} in {seconds:.1f} s "
+              f"({summary['images_per_s']:.2f} img/s{where})"
+              + (f"; skipped {len(result.skipped)} unreadable input(s), listed in summary.json" if result.skipped
+                 else ""))
     return result
 
 

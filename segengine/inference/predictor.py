@@ -58,8 +58,9 @@ class Predictor:
                  mirror: bool | None = None, device: str | torch.device = "cpu", batch_size: int = BATCH) -> None:
         """`amp`: bf16/fp16 autocast where `device` computes it natively (`segengine.precision`), else fp32.
         `mirror` overrides the recipe's test-time flips (None: as the manifest says); the override is kept in
-        `manifest` so that copies of the predictor (evaluate's Ray tasks) do the same."""
+        `manifest` so that copies of the predictor (the Ray Data actors of --workers) do the same."""
         self.device = resolve_device(device)
+        self.amp = amp
         self.precision = Precision(self.device, amp)
         self.model: torch.nn.Module | None = self.precision.model(model.eval().to(self.device))
         self._describe(manifest, mirror, int(getattr(getattr(model, "spec", None), "input_multiple", 1)), batch_size)
@@ -198,6 +199,7 @@ class OnnxPredictor(Predictor):
         self.session = ort.InferenceSession(data, providers=chosen or ["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         self.device = torch.device("cpu")  # inputs and outputs cross as numpy; onnxruntime places the compute
+        self.amp = False
         self.precision = Precision(self.device, amp=False)
         self.model = None
         self._describe(metadata, mirror, int(metadata.get("input_multiple", 1)), batch_size)

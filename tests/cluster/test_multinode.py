@@ -15,9 +15,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from netns_cluster import BUCKET, REPO, NetnsCluster, SeaweedS3, copy_checkout, file_tail
+from PIL import Image
 
 pytestmark = pytest.mark.cluster
 
@@ -267,6 +269,37 @@ def test_tune_on_cluster_results_readable_from_driver(cluster: NetnsCluster):
     assert isinstance(best, dict) and best.get("epochs") == 3, best
     assert str(tune_dir / "best.yaml") in proc.stdout, "the driver prints where the best config lives"
     assert_no_secret_in_folder(tune_dir, cluster)
+
+
+def test_predict_on_ray_data_from_s3_to_s3_on_both_nodes(cluster: NetnsCluster, s3_server: SeaweedS3,
+                                                          tmp_path: Path):
+    """`predict --workers 2`: a checkpoint and input images on S3, a pool of two Ray Data actors (one per node),
+    masks and summary.json written back to S3; a corrupt input is listed as skipped, the rest are written."""
+    made = subprocess.run([sys.executable, "launch.py", "train", "--data", SYNTH, "--input-size", "64", "64",
+                           "--epochs", "1", "--workers", "0", "--storage", str(tmp_path / "runs"), "--name", "p"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr[-3000:]
+    s3_server.upload(tmp_path / "runs" / "p" / "checkpoint_epoch_0001", f"{BUCKET}/predict/ckpt")
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(6):
+        pixels = (np.random.default_rng(i).random((48 + 8 * i, 64)) * 255).astype(np.uint8)
+        Image.fromarray(pixels).save(images / f"img{i}.png")
+    (images / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    assert len(s3_server.upload(images, f"{BUCKET}/predict/in")) == 7
+    proc = cluster.run(["python", "launch.py", "predict", s3_server.uri(f"{BUCKET}/predict/ckpt"),
+                        s3_server.uri(f"{BUCKET}/predict/in"), "--out", s3_server.uri(f"{BUCKET}/predict/out"),
+                        "--workers", "2", "--batch-size", "1", "--address", cluster.gcs_address], timeout=600)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]  # 1: some input was skipped
+    assert "skipped" in proc.stderr and "corrupt.png" in proc.stderr, proc.stderr[-3000:]
+    files = set(s3_server.list(f"{BUCKET}/predict/out"))
+    assert {f"img{i}_{kind}.png" for i in range(6) for kind in ("mask", "color", "overlay", "cutout")} <= files
+    assert not any(f.startswith("corrupt") for f in files), files
+    summary = json.loads(s3_server.read_text(f"{BUCKET}/predict/out/summary.json"))
+    assert summary["written"] == 6 and [Path(s["input"].split("?")[0]).name for s in summary["skipped"]] == [
+        "corrupt.png"]
+    assert set(summary["nodes"]) == {cluster.head.ip, cluster.worker.ip}, summary
+    assert not any(s in proc.stdout + proc.stderr for s in secrets_of(cluster))
 
 
 @pytest.fixture(autouse=True)

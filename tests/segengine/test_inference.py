@@ -55,7 +55,7 @@ def test_evaluate_writes_outputs_close_to_training(ckpt, trained_run, synth_root
 
 
 def test_evaluate_cli_on_ray_tasks_default_folder(ckpt, trained_run, ray_local, capsys):
-    """launch.py wiring; --workers 2 sums the confusion matrices of two Ray tasks; default out = eval-val."""
+    """launch.py wiring; --workers 2 sums the confusion matrices of two Ray Data actors; default out = eval-val."""
     code = main(["evaluate", ckpt, "--data", TINY_SYNTH, "--workers", "2"])
     out = capsys.readouterr().out
     assert code == 0 and "mIoU" in out and "membrane" in out
@@ -107,6 +107,28 @@ def test_predict_odd_sizes_tiles_and_bad_inputs(ckpt, synth_root, tmp_path, caps
     assert int(large["membrane_pixels"]) == int((mask == 1).sum())
 
 
+def test_predict_on_ray_data_actors_matches_this_process(ckpt, synth_root, ray_local, tmp_path, capsys):
+    """--workers 2: a pool of two Ray Data actors writes the same masks as one process; a corrupt input is
+    listed as skipped (not fatal) and summary.json names the node that did the work."""
+    inputs = _prediction_inputs(_val_pairs(synth_root), tmp_path / "in")
+    (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    assert main(["predict", ckpt, str(inputs), "--out", str(tmp_path / "here"), "--counts"]) == 1
+    assert main(["predict", ckpt, str(inputs), "--out", str(tmp_path / "ray"), "--counts", "--workers", "2",
+                 "--batch-size", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "2 Ray Data actors" in err and "skipped" in err and "broken.png" in err
+    for stem in ("odd0", "odd1", "large"):
+        for kind in ("mask", "color", "overlay", "cutout"):
+            np.testing.assert_array_equal(np.array(Image.open(tmp_path / "ray" / f"{stem}_{kind}.png")),
+                                          np.array(Image.open(tmp_path / "here" / f"{stem}_{kind}.png")))
+    assert (tmp_path / "ray" / "counts.csv").read_text() == (tmp_path / "here" / "counts.csv").read_text()
+    summary = json.loads((tmp_path / "ray" / "summary.json").read_text())
+    assert summary["images"] == 4 and summary["written"] == 3 and summary["workers"] == 2
+    assert [Path(s["input"]).name for s in summary["skipped"]] == ["broken.png"]
+    assert sum(summary["nodes"].values()) == 3 and summary["images_per_s"] > 0
+    assert not list((tmp_path / "ray").glob("broken*"))
+
+
 def test_tiled_prediction_of_one_window_is_one_pass(ckpt):
     """The predictor's windows (segengine.windows): an image exactly one window large equals one pass."""
     predictor = inference.Predictor.from_checkpoint(ckpt)
@@ -121,7 +143,7 @@ def test_tiled_prediction_of_one_window_is_one_pass(ckpt):
 
 def test_mirror_flag_overrides_the_recipe_and_travels_with_the_manifest(ckpt):
     """--mirror on a checkpoint that validated without flips: the predictor averages the 4 flips, and its
-    manifest (what evaluate's Ray tasks rebuild it from) says so too."""
+    manifest (what the Ray Data actors of --workers rebuild it from) says so too."""
     plain = inference.Predictor.from_checkpoint(ckpt)
     mirrored = inference.Predictor.from_checkpoint(ckpt, mirror=True)
     assert plain.inference["mirror"] is False and mirrored.inference["mirror"] is True
