@@ -47,10 +47,13 @@ class PreparedRun:
     def counts(self) -> dict[str, int]:
         return {"train": len(self.data["train"]), "val": len(self.data["val"])}
 
-    def worker_config(self, reporter: str, *, run_dir: str | None = None, verbose: bool = True) -> dict[str, Any]:
-        """The worker function's whole input: training config, where and how to report, the validated data."""
+    def worker_config(self, reporter: str, *, run_dir: str | None = None, verbose: bool = True,
+                      tracking: dict[str, str] | None = None) -> dict[str, Any]:
+        """The worker function's whole input: training config, where and how to report, the validated data, and
+        the MLflow run rank 0 logs to (`segengine.tracking`)."""
         return {"train": self.cfg.to_dict(), "data": self.data,
-                "run": {"run_dir": run_dir or self.run_dir, "reporter": reporter, "verbose": verbose}}
+                "run": {"run_dir": run_dir or self.run_dir, "reporter": reporter, "verbose": verbose,
+                        "tracking": tracking}}
 
 
 def default_name(cfg: TrainConfig) -> str:

@@ -32,6 +32,7 @@ from segengine.losses import SegmentationLoss
 from segengine.metrics import VAL_SCORES, MetricAccumulator
 from segengine.precision import Precision
 from segengine.reporting import Reporter, make_reporter
+from segengine.tracking import EpochLogger
 from segengine.windows import sliding_probabilities
 
 IMPORTED_AT = time.time()  # on a Ray Train worker: when its process had imported the engine, i.e. started
@@ -183,7 +184,8 @@ def train_func(config: dict[str, Any]) -> None:
         return  # Train restarted the group after a rank's deterministic error: end at once, the driver reports it
     started = time.time()
     try:
-        Trainer(cfg, reporter, config["data"], verbose=run.get("verbose", True), started=started).fit()
+        Trainer(cfg, reporter, config["data"], verbose=run.get("verbose", True), started=started,
+                tracking=run.get("tracking")).fit()
     except Exception as exc:
         if not (reporter.reports_fatal and getattr(exc, "user_error", False)):
             raise
@@ -200,7 +202,8 @@ class Trainer:
     """One worker's view of a run: data shards, model, optimizer, epochs, metrics, checkpoints."""
 
     def __init__(self, cfg: TrainConfig, reporter: Reporter, data: dict[str, Any], verbose: bool = True,
-                 started: float | None = None):
+                 started: float | None = None, tracking: dict[str, str] | None = None):
+        """`tracking`: the MLflow run the driver opened ({uri, run_id}), logged to by rank 0."""
         self.cfg, self.reporter, self.verbose = cfg, reporter, verbose
         # where a run's seconds go (timings.json; benchmarks/train_overhead.py): wall clock of the start-up phases,
         # then per epoch the time in training steps, validation, collectives and reporting
@@ -208,6 +211,7 @@ class Trainer:
                                         "ready": None, "first_step": None, "epochs": []}
         self._collective_s = 0.0
         self.rank, self.world = reporter.world_rank, reporter.world_size
+        self.epoch_logger = EpochLogger(tracking) if tracking and self.rank == 0 else None
         self.use_gpu = torch.cuda.is_available() and cfg.use_gpu != "no"
         self.device = reporter.device(self.use_gpu)
         torch.set_num_threads(max(1, cfg.cpus_per_worker - _loader_workers(cfg)))
@@ -416,6 +420,8 @@ class Trainer:
             self.artifacts.epoch_done(self.history, path, scores)
             if self.verbose:
                 self._print_epoch(metrics, epoch)
+        if self.epoch_logger is not None:
+            self.epoch_logger.log(metrics, int(metrics["epoch"]))
 
     def _epoch_metrics(self, epoch, lr, train_loss, images, train_time, scores, epoch_start) -> dict[str, Any]:
         metrics = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss,

@@ -159,19 +159,22 @@ def map_on_actors(predictor: Predictor, items: Sequence[dict[str, Any]], job: Jo
         remote_args, actor_device = actor_resources(device, workers)
         state = ray.put({k: v.detach().cpu() for k, v in predictor.model.state_dict().items()})
         options = {"amp": predictor.amp, "device": actor_device, "batch_size": predictor.batch_size}
-        dataset = ray.data.from_items(list(items), override_num_blocks=min(len(items), workers * 4)).map_batches(
-            PredictorActor, batch_size=predictor.batch_size, batch_format="numpy",
+        per_call = max(1, min(predictor.batch_size, len(items) // (workers * 4)))  # >= 4 calls per actor
+        dataset = ray.data.from_items(list(items), override_num_blocks=-(-len(items) // per_call)).map_batches(
+            PredictorActor, batch_size=per_call, batch_format="numpy",
             compute=ActorPoolStrategy(size=workers),
             fn_constructor_args=(state, predictor.manifest, refs, options, job, job_kwargs), **remote_args)
         ray_start_s = time.perf_counter() - started
         bar = progress_bar(len(items), f"{desc} ({workers} Ray Data actors, {actor_device})", enabled=True)
         try:
-            for row in dataset.iter_rows():
-                bar.update(1)
-                if ray_start_s is not None:
-                    row = {**row, "ray_start_s": ray_start_s}
-                    ray_start_s = None
-                yield row
+            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
+                for i in range(len(batch["node"])):
+                    bar.update(1)
+                    row = {key: values[i] for key, values in batch.items()}
+                    if ray_start_s is not None:
+                        row["ray_start_s"] = ray_start_s
+                        ray_start_s = None
+                    yield row
         except Exception as exc:  # Ray Data wraps actor errors in its own types; a user error stays one line
             cause = _user_error(exc)
             if cause is not None:

@@ -1,0 +1,113 @@
+"""MLflow tracking against a real MLflow tracking server started on loopback, read back through MLflow's client."""
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+import yaml
+from engine_helpers import TINY_SYNTH, tiny_config
+
+from launch import main
+from segengine.config import ConfigError, TrainConfig
+
+mlflow = pytest.importorskip("mlflow", reason="the tracking extra (pip install 'unet-zoo[tracking]')")
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """`mlflow server` on 127.0.0.1 with a SQLite store and proxied artifacts, for this module."""
+    root = tmp_path_factory.mktemp("mlflow")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with open(root / "server.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
+                                 str(port), "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+                                 "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
+                                stdout=log, stderr=subprocess.STDOUT)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as answer:
+                if answer.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"mlflow server did not start:\n{(root / 'server.log').read_text()[-3000:]}")
+        time.sleep(0.5)
+    yield uri
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def _runs(uri: str, experiment: str):
+    client = mlflow.tracking.MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"no experiment {experiment!r}"
+    return client, client.search_runs([found.experiment_id])
+
+
+def test_train_logs_one_run_params_epochs_and_the_best_checkpoint(mlflow_server, ray_local, tmp_path):
+    """2 Ray Train workers (rank 0 logs), then --resume: still one MLflow run, metrics at every epoch."""
+    from segengine.training import train
+
+    tracking = {"mlflow": {"uri": mlflow_server, "experiment": "train-test"}}
+    cfg = tiny_config(storage=str(tmp_path), name="tracked", epochs=2, tracking=tracking)
+    train(cfg)
+    train(tiny_config(storage=str(tmp_path), name="tracked", epochs=3, tracking=tracking), resume=True)
+    client, runs = _runs(mlflow_server, "train-test")
+    assert len(runs) == 1, [r.info.run_name for r in runs]
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.info.run_name == "tracked"
+    assert run.data.params["lr"] == "0.003" and run.data.params["encoder"] == "mini"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_miou")]
+    assert sorted(set(steps)) == [1, 2, 3], steps
+    assert run.data.tags["unet_zoo.run_dir"] == str(tmp_path / "tracked")
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"best_checkpoint", "history.csv", "config.yaml"} <= artifacts, artifacts
+    inside = {a.path for a in client.list_artifacts(run.info.run_id, "best_checkpoint")}
+    assert {"best_checkpoint/manifest.json", "best_checkpoint/state.pt"} <= inside, inside
+
+
+def test_tune_logs_a_run_per_trial(mlflow_server, ray_local, tmp_path):
+    raw = {"train": {"encoder": "mini", "data": TINY_SYNTH, "input_size": [64, 64], "batch_size": 2, "epochs": 2,
+                     "tracking": {"mlflow": {"uri": mlflow_server}}},
+           "search": {"lr": {"grid": [3e-3, 1e-3]}}, "searcher": {"type": "random"}, "scheduler": {"type": "fifo"},
+           "samples": 1}
+    (tmp_path / "search.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["tune", "--config", str(tmp_path / "search.yaml"), "--storage", str(tmp_path), "--name",
+                 "tracked-search"]) == 0
+    client, runs = _runs(mlflow_server, "tracked-search")  # the experiment defaults to the search's name
+    assert len(runs) == 2
+    assert sorted(float(r.data.params["train/lr"]) for r in runs) == [1e-3, 3e-3]  # the trial config, flattened
+    for run in runs:
+        assert len(client.get_metric_history(run.info.run_id, "val_miou")) == 2
+
+
+@pytest.mark.parametrize(("tracking", "message"), [
+    ({"wandb": {"project": "p"}}, "tracking: unknown key(s) wandb"),
+    ({"mlflow": {"url": "http://x"}}, "tracking.mlflow.url: unknown key; use uri"),
+    ({"mlflow": {"uri": 5}}, "tracking.mlflow.uri: use a non-empty string"),
+])
+def test_bad_tracking_sections_name_the_key(tracking, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        TrainConfig.from_dict({"tracking": tracking})
+
+
+def test_unreachable_tracking_server_fails_on_the_driver_before_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"tracking": {"mlflow": {"uri": "http://127.0.0.1:9"}}}))
+    code = main(["train", "--config", str(config), "--data", TINY_SYNTH, "--input-size", "64", "64", "--workers", "0",
+                 "--storage", str(tmp_path), "--name", "unreachable"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: tracking.mlflow: cannot open a run at http://127.0.0.1:9"), err
+    assert len(err.splitlines()) == 1
+    assert not (tmp_path / "unreachable").exists()
