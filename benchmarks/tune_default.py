@@ -1,5 +1,6 @@
 """`make tune` (tune_configs/default.yaml) with in-process trials against the same search with each trial a
-2-worker Ray Train `TorchTrainer`, side by side in one run: wall time, best metric and per-trial start-up.
+2-worker Ray Train `TorchTrainer`, side by side in one run: wall time and best metric (per-trial start-up:
+`benchmarks/tune_efficiency.py`, `benchmarks/train_overhead.py`).
 
 The two run alternately (A B, B A, ...) over --repeats rounds, each as `launch.py tune` in a fresh process (its own
 Ray, as a user's `make tune` has), and the figures are medians.
@@ -32,9 +33,7 @@ def run_search(workers_per_trial: int, storage: Path, name: str) -> dict[str, fl
         raise SystemExit(f"{' '.join(argv)} failed:\n{done.stderr[-3000:]}")
     rows = list(csv.DictReader((storage / name / "results.csv").open()))
     best = max(float(r["best_val_miou"]) for r in rows if r["best_val_miou"] not in ("", "nan"))
-    startups = [float(r["startup_s"]) for r in rows if r.get("startup_s") not in (None, "", "nan")]
-    return {"wall": wall, "best": best, "startup": statistics.median(startups) if startups else float("nan"),
-            "trials": len(rows)}
+    return {"wall": wall, "best": best, "trials": len(rows)}
 
 
 def main() -> None:
@@ -49,14 +48,14 @@ def main() -> None:
                 out = run_search(SETUPS[label], Path(tmp), f"r{round_}-{SETUPS[label]}")
                 results[label].append(out)
                 print(f"round {round_ + 1}, {label}: {out['wall']:.0f} s, best val_miou {out['best']:.4f}, "
-                      f"median trial start-up {out['startup']:.1f} s", flush=True)
+                      f"{out['trials']:.0f} trials", flush=True)
     print(f"\n`launch.py tune` (tune_configs/default.yaml: 12 trials, ASHA, Optuna), {a.repeats} round(s), medians")
-    print(f"{'setup':<40} {'wall s':>7} {'best val_miou':>14} {'trial start-up s':>17}")
+    print(f"{'setup':<40} {'wall s':>7} {'best val_miou':>14}")
     medians = {}
     for label, runs in results.items():
-        medians[label] = {k: statistics.median(r[k] for r in runs) for k in ("wall", "best", "startup")}
+        medians[label] = {k: statistics.median(r[k] for r in runs) for k in ("wall", "best")}
         m = medians[label]
-        print(f"{label:<40} {m['wall']:>7.0f} {m['best']:>14.4f} {m['startup']:>17.1f}")
+        print(f"{label:<40} {m['wall']:>7.0f} {m['best']:>14.4f}")
     base, train = (medians[label] for label in SETUPS)
     print(f"wall time ratio Train-backed / in-process: {train['wall'] / base['wall']:.2f}x (target <= 1.1x); "
           f"best metric difference {train['best'] - base['best']:+.4f} (target >= -0.01)")

@@ -95,7 +95,7 @@ class TrainConfig:
     weights: str | None = flag(None, "initial weights: a pretrained tag of the encoder (e.g. imagenet, downloaded by "
                                "its library) or a local .pt/.pth/.safetensors/.h5 file; default: random init")
     plugins: list[str] = field(default_factory=list)
-    tracking: dict = field(default_factory=dict)  # {mlflow: {uri, experiment}}: segengine/tracking.py
+    tracking: dict = field(default_factory=dict)  # {mlflow: {...}, wandb: {...}}: segengine/tracking.py
     # data
     data: str | None = flag(None, "dataset folder or URI; default: the built-in synthetic membranes (synth)")
     input_size: IntPair = flag((128, 128), "the network input: letterbox size, or the patch (crop) size")
@@ -314,27 +314,31 @@ def _validate(obj: Any, where: str) -> None:
     _check_tracking(c.tracking, where)
 
 
-MLFLOW_KEYS = {"uri": "tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns)",
-               "experiment": "experiment name (default: unet-zoo; for tune, the search's name)"}
+TRACKING_KEYS = {
+    "mlflow": {"uri": "tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns)",
+               "experiment": "experiment name (default: unet-zoo; for tune, the search's name)"},
+    "wandb": {"project": "project (default: unet-zoo; for tune, the search's name)",
+              "mode": "online, offline or disabled (default: online)", "entity": "team or user",
+              "dir": "folder for W&B's files (default: the run folder)"},
+}
 
 
 def _check_tracking(tracking: dict[str, Any], where: str) -> None:
     """The `tracking:` section's shape, with the key that is wrong."""
-    unknown = sorted(set(tracking) - {"mlflow"})
-    if unknown:
-        raise ConfigError(f"{where}: tracking: unknown key(s) {', '.join(map(str, unknown))}; supported: mlflow "
-                          "(Weights & Biases is not built in yet)")
-    mlflow = tracking.get("mlflow")
-    if mlflow is None:
-        return
-    if not isinstance(mlflow, dict):
-        raise ConfigError(f"{where}: tracking.mlflow: use a mapping with " + ", ".join(MLFLOW_KEYS))
-    for key, value in mlflow.items():
-        if key not in MLFLOW_KEYS:
-            raise ConfigError(f"{where}: tracking.mlflow.{key}: unknown key; use "
-                              + ", ".join(f"{k} ({why})" for k, why in MLFLOW_KEYS.items()))
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{where}: tracking.mlflow.{key}: use a non-empty string")
+    for backend, settings in tracking.items():
+        keys = TRACKING_KEYS.get(backend)
+        if keys is None:
+            raise ConfigError(f"{where}: tracking: unknown key {backend!r}; supported: {', '.join(TRACKING_KEYS)}")
+        if not isinstance(settings, dict):
+            raise ConfigError(f"{where}: tracking.{backend}: use a mapping with " + ", ".join(keys))
+        for key, value in settings.items():
+            if key not in keys:
+                raise ConfigError(f"{where}: tracking.{backend}.{key}: unknown key; use "
+                                  + ", ".join(f"{k} ({why})" for k, why in keys.items()))
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{where}: tracking.{backend}.{key}: use a non-empty string")
+        if backend == "wandb" and settings.get("mode", "online") not in ("online", "offline", "disabled"):
+            raise ConfigError(f"{where}: tracking.wandb.mode: use online, offline or disabled")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -41,11 +41,17 @@ LOCAL_TRAIN_SETTINGS = {
 }
 
 
+# the tracking libraries' credentials and settings, for rank 0 on whichever node it runs (Ray's tracking guide)
+TRACKING_ENV = ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME",
+                "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
 def job_runtime_env(plugin_refs: Sequence[str], local: bool = False) -> dict[str, Any] | None:
-    """What every Ray process of the job needs: the auth mode, and the user's plugin files (`plugins.runtime_env`);
-    for a Ray started here (`local`), `LOCAL_TRAIN_SETTINGS` too (on a cluster Ray's defaults stay)."""
+    """What every Ray process of the job needs: the auth mode, tracking credentials (`TRACKING_ENV`), and the
+    user's plugin files (`plugins.runtime_env`); for a Ray started here (`local`), `LOCAL_TRAIN_SETTINGS` too (on a
+    cluster Ray's defaults stay)."""
     env: dict[str, Any] = dict(plugins.runtime_env(plugin_refs))
-    env_vars = {k: os.environ[k] for k in ("RAY_AUTH_MODE", *LOCAL_TRAIN_SETTINGS) if k in os.environ}
+    env_vars = {k: os.environ[k] for k in ("RAY_AUTH_MODE", *LOCAL_TRAIN_SETTINGS, *TRACKING_ENV) if k in os.environ}
     if local:
         for key, value in LOCAL_TRAIN_SETTINGS.items():
             env_vars.setdefault(key, value)

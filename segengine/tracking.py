@@ -1,11 +1,13 @@
-"""Experiment tracking in MLflow (`tracking: {mlflow: {uri, experiment}}`), following Ray's experiment-tracking
-guide for Train: one MLflow run per training run, logged by rank 0 through MLflow's own client.
+"""Experiment tracking in MLflow and Weights & Biases (`tracking: {mlflow: {...}, wandb: {...}}`), following Ray's
+experiment-tracking guide for Train: one tracked run per training run, logged by rank 0 through the tracking
+library's own client.
 
-The driver opens the run before Ray starts (a bad URI or experiment is found there) and logs the parameters; the
-run id travels to the workers in their config, so rank 0 of a restarted worker group, or of a `--resume`d run
-(the id is kept in the run folder's `tracking.json`), logs to the same run instead of starting another. At the
-end the driver logs the best checkpoint, the history and the curves as artifacts and closes the run. A search
-(`tune`) logs one run per trial through Tune's own `MLflowLoggerCallback` instead (`tune_callbacks`).
+The driver opens the run before Ray starts (an unreachable MLflow server, a missing package or a bad key is found
+there) and logs the parameters; the run ids travel to the workers in their config, so rank 0 of a restarted worker
+group, or of a `--resume`d run (the ids are kept in the run folder's `tracking.json`), logs to the same run instead
+of starting another. At the end the driver logs the best checkpoint as an artifact (MLflow: with the history and
+the curves) and closes the run. A search (`tune`) logs one run per trial through Tune's own
+`MLflowLoggerCallback` / `WandbLoggerCallback` instead (`tune_callbacks`).
 """
 
 from __future__ import annotations
@@ -16,30 +18,29 @@ import os
 import re
 import tempfile
 import time
+import uuid
 from typing import Any
 
 from segengine import storage
 from segengine.config import ConfigError, TrainConfig
 
-TRACKING_FILE = "tracking.json"  # in the run folder: the MLflow run that the training run logs to
+TRACKING_FILE = "tracking.json"  # in the run folder: the tracked runs that the training run logs to
 _METRIC_NAME = re.compile(r"[^0-9A-Za-z_\-. /]")
+Target = dict[str, dict[str, str]]  # {"mlflow": {uri, run_id}, "wandb": {project, mode, dir, id, name}}
 
 
-def mlflow_target(cfg: TrainConfig) -> tuple[str, str] | None:
-    """(tracking URI, experiment) when the config tracks in MLflow, else None."""
-    settings = (cfg.tracking or {}).get("mlflow")
-    if settings is None:
-        return None
-    uri = settings.get("uri") or os.environ.get("MLFLOW_TRACKING_URI") or storage.resolve("mlruns")
-    return uri, settings.get("experiment", "unet-zoo")
-
-
-def _client(uri: str):
+def _import(package: str):
     try:
-        from mlflow.tracking import MlflowClient
+        return __import__(package)
     except ImportError:
-        raise ConfigError("tracking.mlflow needs the mlflow package: pip install 'unet-zoo[tracking]' "
-                          "(or pip install mlflow)") from None
+        raise ConfigError(f"tracking.{package} needs the {package} package: pip install 'unet-zoo[tracking]' "
+                          f"(or pip install {package})") from None
+
+
+def _mlflow_client(uri: str):
+    _import("mlflow")
+    from mlflow.tracking import MlflowClient
+
     return MlflowClient(tracking_uri=uri)
 
 
@@ -52,89 +53,170 @@ def _flat(prefix: str, value: Any) -> dict[str, str]:
     return {prefix: json.dumps(value)[:6000] if not isinstance(value, str) else value[:6000]}
 
 
-def start_run(cfg: TrainConfig, run_dir: str, *, resume: bool) -> dict[str, str] | None:
-    """On the driver, before Ray starts: the MLflow run of this training run (a new one, or on --resume the one
-    recorded in the run folder), with the config as parameters. Returns what the workers need ({uri, run_id}),
-    or None when the config does not track."""
-    target = mlflow_target(cfg)
-    if target is None:
-        return None
-    uri, experiment = target
-    client = _client(uri)
-    recorded = storage.join(run_dir, TRACKING_FILE)
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _start_mlflow(cfg: TrainConfig, run_dir: str, settings: dict[str, str], recorded: dict[str, Any]
+                  ) -> dict[str, str]:
+    from mlflow.entities import Param
+
+    uri = settings.get("uri") or os.environ.get("MLFLOW_TRACKING_URI") or storage.resolve("mlruns")
+    experiment = settings.get("experiment", "unet-zoo")
+    client = _mlflow_client(uri)
     try:
-        if resume and storage.exists(recorded):
-            run_id = json.loads(storage.read_text(recorded))["run_id"]
-            client.update_run(run_id, status="RUNNING")
-            return {"uri": uri, "run_id": run_id}
+        if recorded.get("run_id"):
+            client.update_run(recorded["run_id"], status="RUNNING")
+            return {"uri": uri, "run_id": recorded["run_id"]}
         found = client.get_experiment_by_name(experiment)
         experiment_id = found.experiment_id if found else client.create_experiment(experiment)
         run = client.create_run(experiment_id, run_name=cfg.name, tags={"unet_zoo.run_dir": run_dir,
                                                                          "unet_zoo.encoder": cfg.encoder})
-        from mlflow.entities import Param
-
         params = [Param(k, v) for k, v in sorted(_flat("", cfg.to_dict()).items())]
         for start in range(0, len(params), 100):  # MLflow's batch limit is 100 params
             client.log_batch(run.info.run_id, params=params[start:start + 100])
-    except ConfigError:
-        raise
     except Exception as exc:  # MLflow raises its own, requests' and OS errors: one line naming the URI
         raise ConfigError(f"tracking.mlflow: cannot open a run at {uri} (experiment {experiment!r}): "
-                          f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-                          ) from None
-    storage.write_bytes(recorded, json.dumps({"uri": uri, "run_id": run.info.run_id, "experiment": experiment},
-                                             indent=2).encode())
+                          f"{_one_line(exc)}") from None
     return {"uri": uri, "run_id": run.info.run_id}
 
 
-class EpochLogger:
-    """Rank 0 in the worker: each epoch's numeric metrics (step = epoch) into the run the driver opened, through
-    MlflowClient and the run id (no active-run state, so a restarted group never opens a second run)."""
+def _start_wandb(cfg: TrainConfig, run_dir: str, settings: dict[str, str], recorded: dict[str, Any]
+                 ) -> dict[str, str]:
+    _import("wandb")
+    mode = settings.get("mode", "online")
+    if mode == "online" and not os.environ.get("WANDB_API_KEY") and not _wandb_login_saved():
+        raise ConfigError("tracking.wandb: mode online needs an API key: set WANDB_API_KEY or run `wandb login` "
+                          "(or use mode: offline and `wandb sync` later)")
+    folder = settings.get("dir") or ("." if storage.is_uri(run_dir) else run_dir)  # W&B writes <dir>/wandb/
+    return {"project": settings.get("project", "unet-zoo"), "mode": mode,
+            "dir": storage.resolve(folder), "id": recorded.get("id") or uuid.uuid4().hex[:12],
+            "name": str(cfg.name), **({"entity": settings["entity"]} if "entity" in settings else {})}
 
-    def __init__(self, target: dict[str, str]) -> None:
-        self.client = _client(target["uri"])
-        self.run_id = target["run_id"]
+
+def _wandb_login_saved() -> bool:
+    """Whether `wandb login` stored a key (in ~/.netrc, for the W&B host)."""
+    import netrc
+
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def start_run(cfg: TrainConfig, run_dir: str, *, resume: bool) -> Target | None:
+    """On the driver, before Ray starts: the tracked runs of this training run (new ones, or on --resume the
+    ones recorded in the run folder), MLflow's with the config as parameters. Returns what the workers need, or
+    None when the config does not track."""
+    tracking = cfg.tracking or {}
+    if not tracking:
+        return None
+    path = storage.join(run_dir, TRACKING_FILE)
+    recorded = json.loads(storage.read_text(path)) if resume and storage.exists(path) else {}
+    target: Target = {}
+    if "mlflow" in tracking:
+        target["mlflow"] = _start_mlflow(cfg, run_dir, tracking["mlflow"], recorded.get("mlflow", {}))
+    if "wandb" in tracking:
+        target["wandb"] = _start_wandb(cfg, run_dir, tracking["wandb"], recorded.get("wandb", {}))
+    storage.write_bytes(path, json.dumps(target, indent=2).encode())
+    return target
+
+
+def _wandb_run(target: dict[str, str], config: dict[str, Any] | None = None):
+    """The W&B run of `target`, opened (or reopened: resume='allow') in this process."""
+    import wandb
+
+    extra = {"entity": target["entity"]} if "entity" in target else {}
+    os.makedirs(target["dir"], exist_ok=True)
+    return wandb.init(project=target["project"], id=target["id"], name=target["name"], mode=target["mode"],
+                      dir=target["dir"], resume="allow", config=config, reinit="create_new", **extra)
+
+
+class EpochLogger:
+    """Rank 0 in the worker: each epoch's numeric metrics (step = epoch) into the runs the driver opened, by their
+    ids (MlflowClient with no active-run state; W&B with resume='allow'), so a restarted group never opens a
+    second run."""
+
+    def __init__(self, target: Target, config: dict[str, Any]) -> None:
+        self.mlflow = _mlflow_client(target["mlflow"]["uri"]) if "mlflow" in target else None
+        self.mlflow_run = target.get("mlflow", {}).get("run_id")
+        self.wandb = _wandb_run(target["wandb"], config) if "wandb" in target else None
 
     def log(self, metrics: dict[str, Any], epoch: int) -> None:
-        from mlflow.entities import Metric
+        values = {_METRIC_NAME.sub("_", k): float(v) for k, v in metrics.items() if k != "epoch"
+                  and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+        if self.mlflow is not None:
+            from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
-        values = [Metric(_METRIC_NAME.sub("_", k), float(v), now, epoch) for k, v in metrics.items()
-                  if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and k != "epoch"]
-        for start in range(0, len(values), 1000):
-            self.client.log_batch(self.run_id, metrics=values[start:start + 1000])
+            now = int(time.time() * 1000)
+            batch = [Metric(k, v, now, epoch) for k, v in values.items()]
+            for start in range(0, len(batch), 1000):
+                self.mlflow.log_batch(self.mlflow_run, metrics=batch[start:start + 1000])
+        if self.wandb is not None:
+            self.wandb.log({**values, "epoch": epoch}, step=epoch)
+
+    def close(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
 
 
-def finish_run(target: dict[str, str] | None, run_dir: str, best_checkpoint: str | None, status: str) -> None:
-    """On the driver, at the end: the best checkpoint, history.csv and the curves as artifacts, then the run
-    closed with `status` (FINISHED, FAILED or KILLED)."""
-    if target is None:
+def finish_run(target: Target | None, run_dir: str, best_checkpoint: str | None, status: str) -> None:
+    """On the driver, at the end: the best checkpoint as an artifact (MLflow: with history.csv, the curves and
+    config.yaml), then the runs closed with `status` (FINISHED, FAILED or KILLED)."""
+    if not target:
         return
-    client = _client(target["uri"])
-    run_id = target["run_id"]
-    with tempfile.TemporaryDirectory(prefix="unet-zoo-mlflow-") as tmp:
-        if best_checkpoint:
-            client.log_artifacts(run_id, storage.download_dir(best_checkpoint, os.path.join(tmp, "best")),
-                                 "best_checkpoint")
-        for name in ("history.csv", "loss.png", "miou.png", "config.yaml"):
-            path = storage.join(run_dir, name)
-            if storage.exists(path):
-                local = os.path.join(tmp, name)
-                with open(local, "wb") as f:
-                    f.write(storage.read_bytes(path))
-                client.log_artifact(run_id, local)
-    client.set_terminated(run_id, status)
+    with tempfile.TemporaryDirectory(prefix="unet-zoo-tracking-") as tmp:
+        best = storage.download_dir(best_checkpoint, os.path.join(tmp, "best")) if best_checkpoint else None
+        if "mlflow" in target:
+            client = _mlflow_client(target["mlflow"]["uri"])
+            run_id = target["mlflow"]["run_id"]
+            if best:
+                client.log_artifacts(run_id, best, "best_checkpoint")
+            for name in ("history.csv", "loss.png", "miou.png", "config.yaml"):
+                path = storage.join(run_dir, name)
+                if storage.exists(path):
+                    local = os.path.join(tmp, name)
+                    with open(local, "wb") as f:
+                        f.write(storage.read_bytes(path))
+                    client.log_artifact(run_id, local)
+            client.set_terminated(run_id, status)
+        if "wandb" in target and best:
+            import wandb
+
+            run = _wandb_run(target["wandb"])
+            artifact = wandb.Artifact(f"{target['wandb']['name']}-best", type="model")
+            artifact.add_dir(best)
+            run.log_artifact(artifact)
+            run.finish(exit_code=0 if status == "FINISHED" else 1)
 
 
-def tune_callbacks(cfg: TrainConfig, search_name: str) -> list[Any]:
-    """Tune's MLflowLoggerCallback for a search that tracks in MLflow: one run per trial, its sampled config as
-    parameters and every reported metric; the experiment is the configured one (default: the search's name)."""
-    target = mlflow_target(cfg)
-    if target is None:
-        return []
-    _client(target[0])  # the package is there
-    from ray.air.integrations.mlflow import MLflowLoggerCallback
+def tune_callbacks(cfg: TrainConfig, search_name: str, search_dir: str) -> list[Any]:
+    """Tune's logger callbacks for a search that tracks: one run per trial, its sampled config as parameters and
+    every reported metric, in the configured MLflow experiment / W&B project (default: the search's name); W&B's
+    files in the search folder unless `dir` says otherwise."""
+    tracking = cfg.tracking or {}
+    callbacks: list[Any] = []
+    if "mlflow" in tracking:
+        settings = tracking["mlflow"]
+        _import("mlflow")
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-    experiment = (cfg.tracking["mlflow"].get("experiment") or search_name)
-    return [MLflowLoggerCallback(tracking_uri=target[0], experiment_name=experiment,
-                                 tags={"unet_zoo.search": search_name})]
+        callbacks.append(MLflowLoggerCallback(
+            tracking_uri=settings.get("uri") or os.environ.get("MLFLOW_TRACKING_URI") or storage.resolve("mlruns"),
+            experiment_name=settings.get("experiment") or search_name, tags={"unet_zoo.search": search_name}))
+    if "wandb" in tracking:
+        settings = tracking["wandb"]
+        _import("wandb")
+        from ray.air.integrations.wandb import WandbLoggerCallback
+
+        mode = settings.get("mode", "online")
+        if mode != "online":
+            os.environ.setdefault("WANDB_MODE", mode)  # Ray's callback asks for an API key unless it says so
+        folder = storage.resolve(settings.get("dir") or ("." if storage.is_uri(search_dir) else search_dir))
+        os.makedirs(folder, exist_ok=True)
+        extra = {"entity": settings["entity"]} if "entity" in settings else {}
+        callbacks.append(WandbLoggerCallback(project=settings.get("project") or search_name, group=search_name,
+                                             mode=mode, dir=folder, **extra))
+    return callbacks

@@ -491,7 +491,7 @@ def tune_run(settings: TuneSettings, *, name: str | None, storage_root: str, add
         # PBT hands a trial's checkpoint to others some time after it was reported: keep a few more
         keep = max(cfg.keep_checkpoints, 3) if settings.scheduler.get("type") == "pbt" else cfg.keep_checkpoints
         run_config = tune.RunConfig(
-            name=cfg.name, callbacks=[progress.callback, *tracking.tune_callbacks(cfg, cfg.name)], verbose=0,
+            name=cfg.name, callbacks=[progress.callback, *tracking.tune_callbacks(cfg, cfg.name, tune_dir)], verbose=0,
             failure_config=tune.FailureConfig(max_failures=0),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=keep, checkpoint_score_attribute=metric,
                                                     checkpoint_score_order=mode), **fs_args)

@@ -203,7 +203,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, reporter: Reporter, data: dict[str, Any], verbose: bool = True,
                  started: float | None = None, tracking: dict[str, str] | None = None):
-        """`tracking`: the MLflow run the driver opened ({uri, run_id}), logged to by rank 0."""
+        """`tracking`: the tracked runs the driver opened (`segengine.tracking`), logged to by rank 0."""
         self.cfg, self.reporter, self.verbose = cfg, reporter, verbose
         # where a run's seconds go (timings.json; benchmarks/train_overhead.py): wall clock of the start-up phases,
         # then per epoch the time in training steps, validation, collectives and reporting
@@ -211,7 +211,7 @@ class Trainer:
                                         "ready": None, "first_step": None, "epochs": []}
         self._collective_s = 0.0
         self.rank, self.world = reporter.world_rank, reporter.world_size
-        self.epoch_logger = EpochLogger(tracking) if tracking and self.rank == 0 else None
+        self.epoch_logger = EpochLogger(tracking, cfg.to_dict()) if tracking and self.rank == 0 else None
         self.use_gpu = torch.cuda.is_available() and cfg.use_gpu != "no"
         self.device = reporter.device(self.use_gpu)
         torch.set_num_threads(max(1, cfg.cpus_per_worker - _loader_workers(cfg)))
@@ -409,6 +409,8 @@ class Trainer:
             self.reporter.report(self.history[-1], None, None, int(self.history[-1]["epoch"]), lambda _: None)
         if self.artifacts is not None:
             self.artifacts.write_json("timings.json", self.timings)
+        if self.epoch_logger is not None:
+            self.epoch_logger.close()
 
     def _should_stop(self, epochs_done: int) -> bool:
         """Early stopping: `patience` epochs without improvement, never before `min_steps` optimizer steps."""

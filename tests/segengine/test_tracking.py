@@ -1,10 +1,13 @@
 """MLflow tracking against a real MLflow tracking server started on loopback, read back through MLflow's client."""
 
+import json
 import socket
+import struct
 import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 import yaml
@@ -14,6 +17,7 @@ from launch import main
 from segengine.config import ConfigError, TrainConfig
 
 mlflow = pytest.importorskip("mlflow", reason="the tracking extra (pip install 'unet-zoo[tracking]')")
+wandb = pytest.importorskip("wandb", reason="the tracking extra (pip install 'unet-zoo[tracking]')")
 
 
 @pytest.fixture(scope="module")
@@ -90,24 +94,96 @@ def test_tune_logs_a_run_per_trial(mlflow_server, ray_local, tmp_path):
         assert len(client.get_metric_history(run.info.run_id, "val_miou")) == 2
 
 
+def _wandb_records(path: Path):
+    """The protobuf records of a W&B offline run file (`run-ID.wandb`): a ':W&B' header, then LevelDB-log blocks
+    of 32 KiB whose chunks (checksum u32, length u16, type u8: 1 full, 2 first, 3 middle, 4 last) carry records."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", data[:8]
+    pos, pending = 7, b""
+    while pos + 7 <= len(data):
+        left = 32768 - pos % 32768
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if left < 7 or (length == 0 and kind == 0):  # the rest of a block is padding
+            pos += left
+            continue
+        pending += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            yield record
+
+
+def test_train_logs_to_wandb_offline_under_one_run_id(ray_local, tmp_path, monkeypatch):
+    """Rank 0 of 2 Ray Train workers logs every epoch to the run id the driver chose, and the driver adds the best
+    checkpoint as a model artifact under the same id. Offline: W&B's files in the run folder, no network."""
+    from segengine.training import train
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    tracking = {"wandb": {"project": "unet-zoo-test", "mode": "offline"}}
+    train(tiny_config(storage=str(tmp_path), name="wb", epochs=2, tracking=tracking))
+    run_id = json.loads((tmp_path / "wb" / "tracking.json").read_text())["wandb"]["id"]
+    files = sorted((tmp_path / "wb" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert files and all(f.name == f"run-{run_id}.wandb" for f in files), files
+    epochs, artifacts = {}, []
+    for f in files:
+        for record in _wandb_records(f):
+            kind = record.WhichOneof("record_type")
+            if kind == "history":
+                items = {tuple(i.nested_key) or (i.key,): json.loads(i.value_json) for i in record.history.item}
+                epochs[items[("epoch",)]] = items[("val_miou",)]
+            elif kind == "artifact":
+                artifacts.append((record.artifact.name, record.artifact.type,
+                                  sorted(e.path for e in record.artifact.manifest.contents)))
+    assert sorted(epochs) == [1, 2] and all(0 < v <= 1 for v in epochs.values()), epochs
+    assert artifacts == [("wb-best", "model", ["manifest.json", "state.pt"])], artifacts
+
+
+def test_tune_logs_a_wandb_offline_run_per_trial(ray_local, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    raw = {"train": {"encoder": "mini", "data": TINY_SYNTH, "input_size": [64, 64], "batch_size": 2, "epochs": 2,
+                     "tracking": {"wandb": {"mode": "offline"}}},
+           "search": {"lr": {"grid": [3e-3, 1e-3]}}, "searcher": {"type": "random"}, "scheduler": {"type": "fifo"},
+           "samples": 1}
+    (tmp_path / "search.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["tune", "--config", str(tmp_path / "search.yaml"), "--storage", str(tmp_path), "--name",
+                 "wb-search"]) == 0
+    files = sorted((tmp_path / "wb-search" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len({f.name for f in files}) == 2, files  # one run id per trial
+    for f in files:
+        steps = [r for r in _wandb_records(f) if r.WhichOneof("record_type") == "history"]
+        assert len(steps) == 2, f
+
+
 @pytest.mark.parametrize(("tracking", "message"), [
-    ({"wandb": {"project": "p"}}, "tracking: unknown key(s) wandb"),
+    ({"neptune": {"project": "p"}}, "tracking: unknown key 'neptune'; supported: mlflow, wandb"),
     ({"mlflow": {"url": "http://x"}}, "tracking.mlflow.url: unknown key; use uri"),
     ({"mlflow": {"uri": 5}}, "tracking.mlflow.uri: use a non-empty string"),
+    ({"wandb": {"mode": "cloud"}}, "tracking.wandb.mode: use online, offline or disabled"),
 ])
 def test_bad_tracking_sections_name_the_key(tracking, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         TrainConfig.from_dict({"tracking": tracking})
 
 
-def test_unreachable_tracking_server_fails_on_the_driver_before_training(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize(("tracking", "message"), [
+    ({"mlflow": {"uri": "http://127.0.0.1:9"}}, "tracking.mlflow: cannot open a run at http://127.0.0.1:9"),
+    ({"wandb": {"project": "p"}}, "tracking.wandb: mode online needs an API key: set WANDB_API_KEY"),
+])
+def test_tracking_that_cannot_start_fails_on_the_driver_before_training(tracking, message, tmp_path, capsys,
+                                                                         monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc from `wandb login`
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({"tracking": {"mlflow": {"uri": "http://127.0.0.1:9"}}}))
+    config.write_text(yaml.safe_dump({"tracking": tracking}))
     code = main(["train", "--config", str(config), "--data", TINY_SYNTH, "--input-size", "64", "64", "--workers", "0",
-                 "--storage", str(tmp_path), "--name", "unreachable"])
+                 "--storage", str(tmp_path / "runs"), "--name", "untracked"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and err.startswith("error: tracking.mlflow: cannot open a run at http://127.0.0.1:9"), err
+    assert code == 2 and err.startswith(f"error: {message}"), err
     assert len(err.splitlines()) == 1
-    assert not (tmp_path / "unreachable").exists()
+    assert not (tmp_path / "runs" / "untracked").exists()
