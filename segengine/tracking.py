@@ -19,6 +19,7 @@ import re
 import tempfile
 import time
 import uuid
+import warnings
 from typing import Any
 
 from segengine import storage
@@ -145,6 +146,16 @@ class EpochLogger:
         self.wandb = _wandb_run(target["wandb"], config) if "wandb" in target else None
 
     def log(self, metrics: dict[str, Any], epoch: int) -> None:
+        """One epoch's metrics; a tracking server that fails costs one warning and the rest of the logging, never
+        the training run."""
+        try:
+            self._log(metrics, epoch)
+        except Exception as exc:  # MLflow/W&B/network errors of many types
+            warnings.warn(f"tracking: epoch {epoch} not logged, logging stops for this run: {_one_line(exc)}",
+                          stacklevel=2)
+            self.mlflow = self.wandb = None
+
+    def _log(self, metrics: dict[str, Any], epoch: int) -> None:
         values = {_METRIC_NAME.sub("_", k): float(v) for k, v in metrics.items() if k != "epoch"
                   and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
         if self.mlflow is not None:
@@ -164,9 +175,17 @@ class EpochLogger:
 
 def finish_run(target: Target | None, run_dir: str, best_checkpoint: str | None, status: str) -> None:
     """On the driver, at the end: the best checkpoint as an artifact (MLflow: with history.csv, the curves and
-    config.yaml), then the runs closed with `status` (FINISHED, FAILED or KILLED)."""
+    config.yaml), then the runs closed with `status` (FINISHED, FAILED or KILLED). A tracking server that fails
+    now costs a warning, never the run's result or the error that ended it."""
     if not target:
         return
+    try:
+        _log_results(target, run_dir, best_checkpoint, status)
+    except Exception as exc:  # the training run's outcome stands whatever the tracking server says
+        warnings.warn(f"tracking: could not log the results of {run_dir}: {_one_line(exc)}", stacklevel=2)
+
+
+def _log_results(target: Target, run_dir: str, best_checkpoint: str | None, status: str) -> None:
     with tempfile.TemporaryDirectory(prefix="unet-zoo-tracking-") as tmp:
         best = storage.download_dir(best_checkpoint, os.path.join(tmp, "best")) if best_checkpoint else None
         if "mlflow" in target:

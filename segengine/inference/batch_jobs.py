@@ -134,13 +134,13 @@ def map_items(predictor: Predictor, items: Sequence[dict[str, Any]], job: Job, j
     """`map_on_actors` for `workers` > 1, else `map_here`."""
     if workers > 1:
         return map_on_actors(predictor, items, job, job_kwargs, workers=workers, address=address,
-                             plugin_refs=plugin_refs, device=device, desc=desc)
+                             plugin_refs=plugin_refs, device=device, desc=desc, progress=progress)
     return map_here(predictor, items, job, job_kwargs, desc=desc, progress=progress)
 
 
 def map_on_actors(predictor: Predictor, items: Sequence[dict[str, Any]], job: Job, job_kwargs: dict[str, Any], *,
-                  workers: int, address: str | None, plugin_refs: Sequence[str], device: str, desc: str
-                  ) -> Iterator[dict[str, Any]]:
+                  workers: int, address: str | None, plugin_refs: Sequence[str], device: str, desc: str,
+                  progress: bool = True) -> Iterator[dict[str, Any]]:
     """Rows that `job` returns for `items`, computed by `workers` predictor actors on the cluster at `address`
     (or a Ray started here); yields them as they finish, with a progress bar. The first row carries the
     session's start-up time under `ray_start_s` (Ray started or joined, actors not yet)."""
@@ -165,7 +165,7 @@ def map_on_actors(predictor: Predictor, items: Sequence[dict[str, Any]], job: Jo
             compute=ActorPoolStrategy(size=workers),
             fn_constructor_args=(state, predictor.manifest, refs, options, job, job_kwargs), **remote_args)
         ray_start_s = time.perf_counter() - started
-        bar = progress_bar(len(items), f"{desc} ({workers} Ray Data actors, {actor_device})", enabled=True)
+        bar = progress_bar(len(items), f"{desc} ({workers} Ray Data actors, {actor_device})", enabled=progress)
         try:
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
                 for i in range(len(batch["node"])):

@@ -187,3 +187,19 @@ def test_tracking_that_cannot_start_fails_on_the_driver_before_training(tracking
     assert code == 2 and err.startswith(f"error: {message}"), err
     assert len(err.splitlines()) == 1
     assert not (tmp_path / "runs" / "untracked").exists()
+
+
+def test_a_tracking_server_lost_during_the_run_costs_a_warning_not_the_run(tmp_path, monkeypatch, recwarn):
+    from segengine import tracking
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    gone = {"mlflow": {"uri": "http://127.0.0.1:9", "run_id": "0123456789abcdef"}}
+    logger = tracking.EpochLogger(gone, {})
+    logger.log({"val_miou": 0.5}, 1)
+    logger.log({"val_miou": 0.6}, 2)  # logging stopped after the first failure: no second warning
+    tracking.finish_run(gone, str(tmp_path), None, "FINISHED")
+    messages = [str(w.message) for w in recwarn]
+    assert len(messages) == 2, messages
+    assert messages[0].startswith("tracking: epoch 1 not logged, logging stops for this run: ")
+    assert messages[1].startswith(f"tracking: could not log the results of {tmp_path}: ")
