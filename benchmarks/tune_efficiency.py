@@ -36,21 +36,20 @@ def main() -> None:
     ap.add_argument("--grace", type=int, default=3, help="ASHA grace period (the synthetic set takes off after ~3)")
     ap.add_argument("--reduction", type=int, default=3, help="ASHA reduction factor")
     a = ap.parse_args()
-    import ray
+    from segengine.ray_adapter import ray_session
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     # Seeded and in sampling order (not sorted), as a searcher would propose them.
     lrs = [float(v) for v in np.exp(np.random.default_rng(0).uniform(np.log(1e-5), np.log(3e-2), a.trials))]
     train = TrainConfig(encoder="mini", data="synth", input_size=(64, 64), batch_size=8, epochs=a.epochs,
                         patience=100, seed=0)
-    with tempfile.TemporaryDirectory() as tmp:
+    # the local Ray `launch.py tune` starts, with the same settings (segengine.ray_adapter.LOCAL_TRAIN_SETTINGS)
+    with tempfile.TemporaryDirectory() as tmp, ray_session(None):
         asha, asha_s = _search(train, lrs, {"type": "asha", "grace_period": a.grace,
                                                       "reduction_factor": a.reduction}, tmp, "asha")
         full, full_s = _search(train, lrs, {"type": "fifo"}, tmp, "full")
         one = TrainConfig(**{**train.__dict__, "epochs": 1})
-        train_backed, _ = _search(one, lrs[:2], {"type": "fifo"}, tmp, "train-backed", workers_per_trial=1)
-        in_process, _ = _search(one, lrs[:2], {"type": "fifo"}, tmp, "in-process", workers_per_trial=0)
-    ray.shutdown()
+        train_backed, _ = _search(one, lrs[:4], {"type": "fifo"}, tmp, "train-backed", workers_per_trial=1)
+        in_process, _ = _search(one, lrs[:4], {"type": "fifo"}, tmp, "in-process", workers_per_trial=0)
     metric = train.metric
     used = sum(r["epochs"] for r in asha["rows"])
     total = sum(r["epochs"] for r in full["rows"])
