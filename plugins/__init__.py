@@ -25,7 +25,8 @@ from importlib import metadata
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
-from zoo._registry import one_line, registering_as
+from zoo._errors import one_line
+from zoo._registry import registering_as
 
 GROUP = "unet_zoo.encoders"
 NO_AUTOLOAD_ENV = "UNET_ZOO_NO_AUTOLOAD"

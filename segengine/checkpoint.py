@@ -19,7 +19,9 @@ from typing import Any
 
 import torch
 
+import zoo
 from segengine import storage
+from zoo._errors import one_line
 
 STATE_FILE = "state.pt"
 MANIFEST_FILE = "manifest.json"
@@ -102,8 +104,7 @@ def load(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
                                   "loading them could run any code the file's author chose (unet-zoo checkpoints "
                                   "hold tensors and plain containers only)") from None
         except Exception as exc:  # unreadable: torch raises several types
-            raise CheckpointError(f"{path}: cannot load {STATE_FILE} ({type(exc).__name__}: "
-                                  f"{(str(exc).splitlines() or [''])[0]})") from None
+            raise CheckpointError(f"{path}: cannot load {STATE_FILE} ({one_line(exc)})") from None
         return state, manifest
     finally:
         if holder is not None:
@@ -187,15 +188,13 @@ def build_model(path: str, plugin_refs: list[str] | None = None):
     imported because a checkpoint says so. An encoder from a plugin that is not loaded gives an error naming it.
     """
     import plugins
-    import zoo
 
     state, manifest = load(path)
     plugins.autoload()
     plugins.load_plugins(plugin_refs or [])
     encoder = manifest["encoder"]
     try:
-        model = zoo.create_model(encoder, manifest["num_classes"], in_channels=manifest["in_channels"],
-                                 **manifest.get("model_kwargs", {}))
+        return model_from_manifest(manifest, state["model"]), manifest
     except zoo.UnknownEncoderError:
         origin = manifest.get("encoder_source")
         named = manifest.get("plugins") or []
@@ -203,5 +202,12 @@ def build_model(path: str, plugin_refs: list[str] | None = None):
                 else f"it came from plugin(s) {', '.join(named)}: pass --plugin for them" if named
                 else "install the plugin that registers it")  # checkpoints from before encoder_source
         raise CheckpointError(f"{path}: encoder '{encoder}' is not registered here; {hint}") from None
-    model.load_state_dict(state["model"])
-    return model.eval(), manifest
+
+
+def model_from_manifest(manifest: dict[str, Any], weights: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """The model a manifest describes, built by the zoo with `weights` (its state dict) loaded, in eval mode: the
+    one way a checkpoint, a Ray Data actor and an exported safetensors file become a model again."""
+    model = zoo.create_model(manifest["encoder"], manifest["num_classes"], in_channels=manifest["in_channels"],
+                             **manifest.get("model_kwargs", {}))
+    model.load_state_dict(weights)
+    return model.eval()

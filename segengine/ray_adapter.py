@@ -22,6 +22,7 @@ from segengine.cluster import alive_node_ips, check_storage_for_cluster, resolve
 from segengine.config import TrainConfig
 from segengine.reporting import FATAL_FILE
 from segengine.runprep import RunError
+from zoo._errors import one_line
 
 
 class ResourceError(RuntimeError):
@@ -167,8 +168,7 @@ def failure_message(exc: BaseException) -> str:
     errors = [failures[rank] for rank in sorted(failures)]
     if errors:
         err = next((e for e in errors if getattr(e, "user_error", False)), errors[0])
-        first = (str(err).strip().splitlines() or [""])[0]
-        return first if getattr(err, "user_error", False) else f"{type(err).__name__}: {first}"
+        return one_line(err, typed=not getattr(err, "user_error", False))
     lines = [ln for ln in str(exc).splitlines() if ln.strip()]
     return lines[-1] if lines else type(exc).__name__
 

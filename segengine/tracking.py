@@ -24,6 +24,7 @@ from typing import Any
 
 from segengine import storage
 from segengine.config import ConfigError, TrainConfig
+from zoo._errors import one_line
 
 TRACKING_FILE = "tracking.json"  # in the run folder: the tracked runs that the training run logs to
 _METRIC_NAME = re.compile(r"[^0-9A-Za-z_\-. /]")
@@ -54,11 +55,6 @@ def _flat(prefix: str, value: Any) -> dict[str, str]:
     return {prefix: json.dumps(value)[:6000] if not isinstance(value, str) else value[:6000]}
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
-
-
 def _start_mlflow(cfg: TrainConfig, run_dir: str, settings: dict[str, str], recorded: dict[str, Any]
                   ) -> dict[str, str]:
     from mlflow.entities import Param
@@ -79,7 +75,7 @@ def _start_mlflow(cfg: TrainConfig, run_dir: str, settings: dict[str, str], reco
             client.log_batch(run.info.run_id, params=params[start:start + 100])
     except Exception as exc:  # MLflow raises its own, requests' and OS errors: one line naming the URI
         raise ConfigError(f"tracking.mlflow: cannot open a run at {uri} (experiment {experiment!r}): "
-                          f"{_one_line(exc)}") from None
+                          f"{one_line(exc)}") from None
     return {"uri": uri, "run_id": run.info.run_id}
 
 
@@ -151,7 +147,7 @@ class EpochLogger:
         try:
             self._log(metrics, epoch)
         except Exception as exc:  # MLflow/W&B/network errors of many types
-            warnings.warn(f"tracking: epoch {epoch} not logged, logging stops for this run: {_one_line(exc)}",
+            warnings.warn(f"tracking: epoch {epoch} not logged, logging stops for this run: {one_line(exc)}",
                           stacklevel=2)
             self.mlflow = self.wandb = None
 
@@ -182,12 +178,12 @@ def finish_run(target: Target | None, run_dir: str, best_checkpoint: str | None,
     try:
         _log_results(target, run_dir, best_checkpoint, status)
     except Exception as exc:  # the training run's outcome stands whatever the tracking server says
-        warnings.warn(f"tracking: could not log the results of {run_dir}: {_one_line(exc)}", stacklevel=2)
+        warnings.warn(f"tracking: could not log the results of {run_dir}: {one_line(exc)}", stacklevel=2)
 
 
 def _log_results(target: Target, run_dir: str, best_checkpoint: str | None, status: str) -> None:
     with tempfile.TemporaryDirectory(prefix="unet-zoo-tracking-") as tmp:
-        best = storage.download_dir(best_checkpoint, os.path.join(tmp, "best")) if best_checkpoint else None
+        best = _local_copy(best_checkpoint, tmp, is_dir=True) if best_checkpoint else None
         if "mlflow" in target:
             client = _mlflow_client(target["mlflow"]["uri"])
             run_id = target["mlflow"]["run_id"]
@@ -196,10 +192,7 @@ def _log_results(target: Target, run_dir: str, best_checkpoint: str | None, stat
             for name in ("history.csv", "loss.png", "miou.png", "config.yaml"):
                 path = storage.join(run_dir, name)
                 if storage.exists(path):
-                    local = os.path.join(tmp, name)
-                    with open(local, "wb") as f:
-                        f.write(storage.read_bytes(path))
-                    client.log_artifact(run_id, local)
+                    client.log_artifact(run_id, _local_copy(path, tmp))
             client.set_terminated(run_id, status)
         if "wandb" in target and best:
             import wandb
@@ -209,6 +202,18 @@ def _log_results(target: Target, run_dir: str, best_checkpoint: str | None, stat
             artifact.add_dir(best)
             run.log_artifact(artifact)
             run.finish(exit_code=0 if status == "FINISHED" else 1)
+
+
+def _local_copy(path: str, tmp: str, is_dir: bool = False) -> str:
+    """A local path for a tracking client's upload: the file or folder itself, or a copy in `tmp` from storage."""
+    if not storage.is_uri(path):
+        return path
+    local = os.path.join(tmp, os.path.basename(path.split("?")[0].rstrip("/")))
+    if is_dir:
+        return storage.download_dir(path, local)
+    with open(local, "wb") as f:
+        f.write(storage.read_bytes(path))
+    return local
 
 
 def tune_callbacks(cfg: TrainConfig, search_name: str, search_dir: str) -> list[Any]:

@@ -15,3 +15,12 @@ class UnknownEncoderError(ZooError, LookupError):
 
 class InputSizeError(ZooError, ValueError):
     """The input tensor does not fit the model (rank, channels, or a side that is not a multiple)."""
+
+
+def one_line(err: BaseException, typed: bool = True) -> str:
+    """`Type: first line of the message` (or the line alone, `typed=False`) for a library's error that must print
+    as one line; shared by the zoo, the plugin loader and the engine."""
+    text = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+    if not typed:
+        return text
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

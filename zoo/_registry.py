@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._errors import UnknownEncoderError, ZooError
+from ._errors import UnknownEncoderError, ZooError, one_line
 from ._spec import TUTORIAL, Builder, EncoderSpec, Normalization
 from .model import SegmentationModel
 from .weights import WEIGHT_SUFFIXES, load_weights
@@ -146,12 +146,6 @@ def _unknown(name: str, family: _Family | None) -> UnknownEncoderError:
     if close:
         return UnknownEncoderError(f"unknown encoder '{name}'; did you mean: {', '.join(close)}? ({hint})")
     return UnknownEncoderError(f"unknown encoder '{name}' ({hint})")
-
-
-def one_line(err: BaseException) -> str:
-    """`Type: first line of the message`, for errors that must print as one line."""
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def get_spec(name: str) -> EncoderSpec:

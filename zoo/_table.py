@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._errors import ZooError
+from ._errors import ZooError, one_line
 from ._registry import (
     LIST_HINT,
     family_prefixes,
@@ -11,7 +11,6 @@ from ._registry import (
     has_wildcards,
     is_featured,
     list_encoders,
-    one_line,
 )
 
 DETAIL_LIMIT = 40  # beyond this, rows of non-featured family names are not built (each one builds a model)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from segengine import checkpoint as ckpt
 from segengine.inference.predictor import InferenceError, Predictor, progress_bar
 
 Batch = dict[str, np.ndarray]
@@ -33,13 +34,10 @@ class PredictorActor:
         import ray
 
         import plugins
-        import zoo
 
         plugins.autoload()
         plugins.load_on_worker(plugin_refs)
-        model = zoo.create_model(manifest["encoder"], manifest["num_classes"], in_channels=manifest["in_channels"],
-                                 **manifest.get("model_kwargs", {}))
-        model.load_state_dict(ray.get(state) if isinstance(state, ray.ObjectRef) else state)
+        model = ckpt.model_from_manifest(manifest, ray.get(state) if isinstance(state, ray.ObjectRef) else state)
         self.predictor = Predictor(model, manifest, **options)
         self.job, self.job_kwargs = job, job_kwargs
         self.node = ray.util.get_node_ip_address()

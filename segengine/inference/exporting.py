@@ -19,8 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from segengine import checkpoint as ckpt
 from segengine import storage
 from segengine.inference.predictor import ONNX_METADATA_KEY, InferenceError, Predictor
+from zoo._errors import one_line
 
 EXPORT_TOLERANCE = 1e-4  # max abs logit difference allowed, times max(1, max |PyTorch logit|)
 FORMATS = ("onnx", "torchscript", "safetensors")
@@ -39,11 +41,6 @@ def _export_metadata(manifest: dict[str, Any], multiple: int) -> dict[str, Any]:
     return {**{k: manifest.get(k) for k in keys}, "input_multiple": multiple,
             "input": "N x in_channels x H x W float32, (pixel - mean) / std, H and W multiples of input_multiple",
             "output": "N x num_classes x H x W logits"}
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: str, multiple: int,
@@ -71,7 +68,7 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: str, multi
                                   opset_version=17, dynamic_axes={"x": {0: "batch", 2: "h", 3: "w"},
                                                                   "logits": {0: "batch", 2: "h", 3: "w"}})
         except Exception as second:
-            raise InferenceError(f"ONNX export failed: {_first_line(first)} (dynamo); {_first_line(second)} "
+            raise InferenceError(f"ONNX export failed: {one_line(first)} (dynamo); {one_line(second)} "
                                  "(TorchScript-based)") from None
     if not big:
         proto = onnx.load(path)
@@ -97,7 +94,7 @@ def _export_torchscript(model: torch.nn.Module, example: torch.Tensor, path: str
             traced = torch.jit.trace(model, example, check_trace=False)
             torch.jit.save(traced, path, _extra_files={"unet_zoo.json": json.dumps(metadata)})
     except Exception as exc:
-        raise InferenceError(f"TorchScript export failed: {_first_line(exc)}") from None
+        raise InferenceError(f"TorchScript export failed: {one_line(exc)}") from None
     return "torch.jit.trace, dynamic batch/H/W"
 
 
@@ -135,14 +132,9 @@ def _run_safetensors(path: str) -> Any:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    import zoo
-
     with safe_open(path, "pt") as handle:
         manifest = json.loads(handle.metadata()[ONNX_METADATA_KEY])
-    model = zoo.create_model(manifest["encoder"], manifest["num_classes"], in_channels=manifest["in_channels"],
-                             **manifest.get("model_kwargs", {}))
-    model.load_state_dict(load_file(path))
-    model.eval()
+    model = ckpt.model_from_manifest(manifest, load_file(path))
 
     def run(x: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
@@ -197,7 +189,7 @@ def export(checkpoint_path: str, fmt: str, out: str, *, plugin_refs: Sequence[st
                 got = np.asarray(run(x))
             except Exception as exc:
                 raise InferenceError(f"the exported {fmt} model failed on input {tuple(x.shape)}: "
-                                     f"{_first_line(exc)}; it does not accept dynamic sizes") from None
+                                     f"{one_line(exc)}; it does not accept dynamic sizes") from None
             if got.shape != reference.shape:
                 raise InferenceError(f"the exported {fmt} model gave shape {got.shape} for input {tuple(x.shape)}, "
                                      f"PyTorch {reference.shape}")

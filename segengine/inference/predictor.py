@@ -23,6 +23,7 @@ from segengine import checkpoint as ckpt
 from segengine import storage
 from segengine.precision import Precision
 from segengine.windows import sliding_probabilities
+from zoo._errors import one_line
 
 BATCH = 8  # default letterboxed images or windows per forward pass (--batch-size)
 ONNX_METADATA_KEY = "unet_zoo"  # metadata_props entry `export` writes into an .onnx file
@@ -187,8 +188,7 @@ class OnnxPredictor(Predictor):
             data = storage.read_bytes(path)
             proto = onnx.load_model_from_string(data)
         except Exception as exc:  # missing file, not an ONNX protobuf: many types, one line for the CLI
-            raise InferenceError(f"{path}: cannot read an ONNX model ({type(exc).__name__}: "
-                                 f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from None
+            raise InferenceError(f"{path}: cannot read an ONNX model ({one_line(exc)})") from None
         props = {entry.key: entry.value for entry in proto.metadata_props}
         if ONNX_METADATA_KEY not in props:
             raise InferenceError(f"{path}: no '{ONNX_METADATA_KEY}' metadata (not written by `launch.py export`, or "
