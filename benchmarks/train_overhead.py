@@ -7,6 +7,9 @@
 3. Where the seconds go, from each run's `timings.json` (written by the worker): start-up phases and, per epoch,
    training steps, validation, collectives (the per-step non-finite check and the metrics all-reduce) and
    `ray.train.report` (checkpoint written locally, then persisted by Ray before the call returns).
+4. Ray's part of the start-up, from Ray's own timeline (`ray.timeline()`: the profile events of every actor task):
+   from train() to the controller actor, its construction, the worker actors placed and started, their train
+   context, and the process group and the train function's unpickling up to the worker function.
 
 The setups are interleaved (A B C, B C A, C A B, ...) over --repeats rounds and every figure is a median, so one
 noisy stretch of a shared machine does not decide a ratio.
@@ -22,6 +25,7 @@ import json
 import statistics
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 from segengine.config import TrainConfig
@@ -36,6 +40,35 @@ PHASES = [("driver to worker ready", "imported", "driver checks, controller, pla
           ("first step", "first_step", "first batch, oneDNN warm-up")]
 
 
+RAY_PHASES = [("to controller", "driver checks, TrainController actor process started"),
+              ("controller init", "its arguments unpickled (Ray Train; torch through TorchConfig)"),
+              ("workers placed", "resource request, placement group, worker actor processes started"),
+              ("worker context", "each worker's train context (Ray Train's own set-up in the worker)"),
+              ("process group", "gloo process group, setup callbacks, the train function unpickled (the engine "
+               "imported), up to the worker function")]
+
+
+def ray_phases(start: float, train_func_at: float) -> dict[str, float]:
+    """Ray's start-up phases of the Train run begun at `start` (wall clock), from Ray's timeline: the controller
+    is the actor with `run` and `get_result` tasks, the workers those with `init_train_context`."""
+    import ray
+
+    tasks: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+    for event in ray.timeline():
+        begin = event["ts"] / 1e6
+        if begin >= start and event.get("args", {}).get("name"):
+            tasks[event["tid"]][event["name"]].append((begin, begin + event["dur"] / 1e6))
+    controller = next(t for t in tasks.values() if "run" in t and "get_result" in t)
+    workers = [t for t in tasks.values() if "init_train_context" in t]
+    placed = max(t["__init__"][0][0] for t in workers)
+    context_end = max(t["init_train_context"][0][1] for t in workers)
+    return {"to controller": controller["__init__"][0][0] - start,
+            "controller init": controller["run"][0][0] - controller["__init__"][0][0],
+            "workers placed": placed - controller["run"][0][0],
+            "worker context": context_end - placed,
+            "process group": train_func_at - context_end}
+
+
 def _run(cfg: TrainConfig, storage: str, name: str) -> dict:
     from segengine.training import train
 
@@ -46,6 +79,7 @@ def _run(cfg: TrainConfig, storage: str, name: str) -> dict:
     with open(run_dir / "history.csv") as f:
         rows = list(csv.DictReader(f))
     timings = json.loads((run_dir / "timings.json").read_text())
+    ray_part = ray_phases(start, timings["train_func"]) if cfg.workers else {}
     steady = timings["epochs"][1:] or timings["epochs"]  # the first epoch pays for lazy initialisation
     first_start = float(rows[0]["wall_time"]) - float(rows[0]["epoch_time_s"])
     out = {"epoch_s": statistics.median(e["epoch_s"] for e in steady),
@@ -61,7 +95,7 @@ def _run(cfg: TrainConfig, storage: str, name: str) -> dict:
             continue
         out[label] = timings[key] - previous
         previous = timings[key]
-    return out
+    return {**out, **ray_part}
 
 
 def _median(runs: list[dict]) -> dict:
@@ -107,6 +141,12 @@ def main() -> None:
     for label, r in results.items():
         print(f"{label:32} " + " ".join(f"{r[p]:22.2f}" for p, _, _ in PHASES))
     print("  " + "; ".join(f"{label}: {what}" for label, _, what in PHASES))
+    print("\ntrain() to the worker function's start, split by Ray's timeline (ray.timeline()), seconds:")
+    print(f"{'setup':32} " + " ".join(f"{label:>16}" for label, _ in RAY_PHASES))
+    for label, r in results.items():
+        if RAY_PHASES[0][0] in r:
+            print(f"{label:32} " + " ".join(f"{r[p]:16.2f}" for p, _ in RAY_PHASES))
+    print("  " + "; ".join(f"{label}: {what}" for label, what in RAY_PHASES))
     print("\nper epoch, seconds (collectives happen inside training and validation):")
     print(f"{'setup':32} {'epoch':>7} {'train':>7} {'validate':>9} {'collective':>11} {'report':>7} {'other':>7}")
     for label, r in results.items():
