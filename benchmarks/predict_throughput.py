@@ -68,6 +68,12 @@ def link_inputs(folder: Path, copies: int) -> list[str]:
     return sorted(str(p) for p in folder.iterdir())
 
 
+def alternating(repeats: int):
+    """(round, worker counts in the order that round runs them): 1 then 2, then 2 then 1, ..."""
+    for round_ in range(repeats):
+        yield round_, ([1, 2] if round_ % 2 == 0 else [2, 1])
+
+
 def run_on_cluster(a: argparse.Namespace) -> None:
     """1 process pinned to 1 CPU against 2 Ray Data actors on the two-node test cluster, alternating, medians."""
     sys.path.insert(0, str(REPO / "tests" / "cluster"))
@@ -86,8 +92,8 @@ def run_on_cluster(a: argparse.Namespace) -> None:
         for encoder in a.encoders:
             checkpoint = make_checkpoint(encoder, cluster.shared / "runs")
             figures: dict[int, list[dict]] = {1: [], 2: []}
-            for round_ in range(a.repeats):
-                for workers in ([1, 2] if round_ % 2 == 0 else [2, 1]):
+            for round_, order in alternating(a.repeats):
+                for workers in order:
                     out = cluster.shared / f"out-{encoder}-{round_}-{workers}"
                     argv = ["python", "launch.py", "predict", checkpoint, str(cluster.shared / "in"), "--out",
                             str(out), "--device", "cpu", "--workers", str(workers)]
@@ -141,8 +147,7 @@ def main() -> None:
         for encoder in a.encoders:
             checkpoint = make_checkpoint(encoder, root / "runs")
             here, on_ray, ray_start = [], [], []
-            for round_ in range(a.repeats):
-                order = [1, 2] if round_ % 2 == 0 else [2, 1]
+            for round_, order in alternating(a.repeats):
                 for workers in order:
                     summary = run(checkpoint, images, root / f"out-{encoder}-{round_}-{workers}", workers)
                     if workers == 1:

@@ -55,11 +55,20 @@ def _flat(prefix: str, value: Any) -> dict[str, str]:
     return {prefix: json.dumps(value)[:6000] if not isinstance(value, str) else value[:6000]}
 
 
+def _mlflow_uri(settings: dict[str, str]) -> str:
+    return settings.get("uri") or os.environ.get("MLFLOW_TRACKING_URI") or storage.resolve("mlruns")
+
+
+def _wandb_dir(settings: dict[str, str], run_folder: str) -> str:
+    """Where W&B writes its `wandb/` folder: `dir`, else the run (or search) folder when it is local."""
+    return storage.resolve(settings.get("dir") or ("." if storage.is_uri(run_folder) else run_folder))
+
+
 def _start_mlflow(cfg: TrainConfig, run_dir: str, settings: dict[str, str], recorded: dict[str, Any]
                   ) -> dict[str, str]:
     from mlflow.entities import Param
 
-    uri = settings.get("uri") or os.environ.get("MLFLOW_TRACKING_URI") or storage.resolve("mlruns")
+    uri = _mlflow_uri(settings)
     experiment = settings.get("experiment", "unet-zoo")
     client = _mlflow_client(uri)
     try:
@@ -86,9 +95,8 @@ def _start_wandb(cfg: TrainConfig, run_dir: str, settings: dict[str, str], recor
     if mode == "online" and not os.environ.get("WANDB_API_KEY") and not _wandb_login_saved():
         raise ConfigError("tracking.wandb: mode online needs an API key: set WANDB_API_KEY or run `wandb login` "
                           "(or use mode: offline and `wandb sync` later)")
-    folder = settings.get("dir") or ("." if storage.is_uri(run_dir) else run_dir)  # W&B writes <dir>/wandb/
     return {"project": settings.get("project", "unet-zoo"), "mode": mode,
-            "dir": storage.resolve(folder), "id": recorded.get("id") or uuid.uuid4().hex[:12],
+            "dir": _wandb_dir(settings, run_dir), "id": recorded.get("id") or uuid.uuid4().hex[:12],
             "name": str(cfg.name), **({"entity": settings["entity"]} if "entity" in settings else {})}
 
 
@@ -228,7 +236,7 @@ def tune_callbacks(cfg: TrainConfig, search_name: str, search_dir: str) -> list[
         from ray.air.integrations.mlflow import MLflowLoggerCallback
 
         callbacks.append(MLflowLoggerCallback(
-            tracking_uri=settings.get("uri") or os.environ.get("MLFLOW_TRACKING_URI") or storage.resolve("mlruns"),
+            tracking_uri=_mlflow_uri(settings),
             experiment_name=settings.get("experiment") or search_name, tags={"unet_zoo.search": search_name}))
     if "wandb" in tracking:
         settings = tracking["wandb"]
@@ -238,7 +246,7 @@ def tune_callbacks(cfg: TrainConfig, search_name: str, search_dir: str) -> list[
         mode = settings.get("mode", "online")
         if mode != "online":
             os.environ.setdefault("WANDB_MODE", mode)  # Ray's callback asks for an API key unless it says so
-        folder = storage.resolve(settings.get("dir") or ("." if storage.is_uri(search_dir) else search_dir))
+        folder = _wandb_dir(settings, search_dir)
         os.makedirs(folder, exist_ok=True)
         extra = {"entity": settings["entity"]} if "entity" in settings else {}
         callbacks.append(WandbLoggerCallback(project=settings.get("project") or search_name, group=search_name,
