@@ -20,9 +20,9 @@ def _add_tile_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile", action=argparse.BooleanOptionalAction, default=None,
                    help="sliding windows at native resolution (--no-tile: letterbox); default: how the "
                         "checkpoint's recipe validated")
-    p.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None,
-                   help="windows: average each window over its 4 flips (4x the time); default: as the recipe "
-                        "validated")
+    p.add_argument("--tta", choices=("flip", "none"), default=None,
+                   help="test-time augmentation: flip averages the softmax over the 4 flips of each window or "
+                        "letterboxed image (4x the time); default: as the checkpoint's recipe validated")
 
 
 def _add_device_flags(p: argparse.ArgumentParser) -> None:

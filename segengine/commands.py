@@ -10,6 +10,8 @@ import yaml
 import tune_configs
 from segengine.config import SEARCH_FILE_KEYS, ConfigError, TrainConfig, flag_overrides, load_yaml, merge_plugins
 
+TTA = {None: None, "flip": True, "none": False}  # --tta: the predictor's `mirror` (None: as the recipe validated)
+
 
 def config_file(ref: str | None) -> str:
     """--config as a file: a path, or the name of a shipped recipe (default: the default search)."""
@@ -95,7 +97,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from segengine.inference import evaluate as run_evaluate
 
     run_evaluate(args.checkpoint, args.data, split=args.split, workers=args.workers, out=args.out,
-                 address=args.address, plugin_refs=args.plugin, tile=args.tile, mirror=args.mirror,
+                 address=args.address, plugin_refs=args.plugin, tile=args.tile, mirror=TTA[args.tta],
                  **_inference_options(args))
     return 0
 
@@ -105,7 +107,7 @@ def predict(args: argparse.Namespace) -> int:
     from segengine.inference import predict as run_predict
 
     result = run_predict(args.checkpoint, args.inputs, args.out, tile=args.tile, overlap=args.overlap,
-                         mirror=args.mirror, counts=args.counts, plugin_refs=args.plugin, workers=args.workers,
+                         mirror=TTA[args.tta], counts=args.counts, plugin_refs=args.plugin, workers=args.workers,
                          address=args.address, **_inference_options(args))
     return 1 if result.skipped else 0
 

@@ -314,6 +314,14 @@ def _validate(obj: Any, where: str) -> None:
     _check_tracking(c.tracking, where)
 
 
+WANDB_MODES = ("online", "offline", "disabled")  # the first is W&B's own default
+
+
+def wandb_mode(settings: dict[str, str]) -> str:
+    """The `tracking.wandb.mode` of a run or search, W&B's default when unset."""
+    return settings.get("mode", WANDB_MODES[0])
+
+
 TRACKING_KEYS = {
     "mlflow": {"uri": "tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns)",
                "experiment": "experiment name (default: unet-zoo; for tune, the search's name)"},
@@ -337,7 +345,7 @@ def _check_tracking(tracking: dict[str, Any], where: str) -> None:
                                   + ", ".join(f"{k} ({why})" for k, why in keys.items()))
             if not isinstance(value, str) or not value:
                 raise ConfigError(f"{where}: tracking.{backend}.{key}: use a non-empty string")
-        if backend == "wandb" and settings.get("mode", "online") not in ("online", "offline", "disabled"):
+        if backend == "wandb" and wandb_mode(settings) not in WANDB_MODES:
             raise ConfigError(f"{where}: tracking.wandb.mode: use online, offline or disabled")
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from segmentation_models_pytorch import losses as smp_losses
 from torch import nn
 
 from segdata import IGNORE
@@ -27,6 +26,9 @@ class SegmentationLoss(nn.Module):
         if name in ("ce", "ce+dice"):
             w = torch.tensor(weights, dtype=torch.float32) if weights is not None else None
             self.terms.append(nn.CrossEntropyLoss(weight=w, ignore_index=IGNORE))
+        if name in ("dice", "ce+dice", "focal"):
+            # imported here: smp brings timm and torchvision (2 s in every worker process), which CE does not need
+            from segmentation_models_pytorch import losses as smp_losses
         if name in ("dice", "ce+dice"):
             self.terms.append(smp_losses.DiceLoss("multiclass", ignore_index=IGNORE, class_weights=weights))
         if name == "focal":

@@ -23,7 +23,7 @@ import warnings
 from typing import Any
 
 from segengine import storage
-from segengine.config import ConfigError, TrainConfig
+from segengine.config import ConfigError, TrainConfig, wandb_mode
 from zoo._errors import one_line
 
 TRACKING_FILE = "tracking.json"  # in the run folder: the tracked runs that the training run logs to
@@ -91,7 +91,7 @@ def _start_mlflow(cfg: TrainConfig, run_dir: str, settings: dict[str, str], reco
 def _start_wandb(cfg: TrainConfig, run_dir: str, settings: dict[str, str], recorded: dict[str, Any]
                  ) -> dict[str, str]:
     _import("wandb")
-    mode = settings.get("mode", "online")
+    mode = wandb_mode(settings)
     if mode == "online" and not os.environ.get("WANDB_API_KEY") and not _wandb_login_saved():
         raise ConfigError("tracking.wandb: mode online needs an API key: set WANDB_API_KEY or run `wandb login` "
                           "(or use mode: offline and `wandb sync` later)")
@@ -243,7 +243,7 @@ def tune_callbacks(cfg: TrainConfig, search_name: str, search_dir: str) -> list[
         _import("wandb")
         from ray.air.integrations.wandb import WandbLoggerCallback
 
-        mode = settings.get("mode", "online")
+        mode = wandb_mode(settings)
         if mode != "online":
             os.environ.setdefault("WANDB_MODE", mode)  # Ray's callback asks for an API key unless it says so
         folder = _wandb_dir(settings, search_dir)

@@ -4,8 +4,8 @@
 Windows of the training crop size step by (1 - overlap) of their size, the last one flush with the far edge;
 their softmax outputs are blended with weights that ramp down towards each window's border, so seams vanish. An
 image smaller than a window is padded with normalised grey 128 (as the letterbox pads) and the padding is cut off.
-With `mirror`, each window's softmax is the mean over its four flips (none, left-right, up-down, both), as
-nnU-Net's default test-time mirroring: four forward passes per window, for a smoother, less biased map.
+With `mirror` (`--tta flip`), each window's softmax is the mean over its four flips (none, left-right, up-down,
+both), as nnU-Net's default test-time mirroring: four forward passes per window, for a smoother, less biased map.
 """
 
 from __future__ import annotations
@@ -37,6 +37,13 @@ def window_weights(height: int, width: int, overlap: float) -> torch.Tensor:
     return ramp(height)[:, None] * ramp(width)[None, :]
 
 
+def mirrored_probabilities(forward: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor,
+                           mirror: bool) -> torch.Tensor:
+    """Softmax of `forward(batch)` (N x C x H x W), with `mirror` the mean over the batch's four flips."""
+    flips = MIRRORS if mirror else ((),)
+    return sum(torch.softmax(forward(batch.flip(f)).float(), dim=1).flip(f) for f in flips) / len(flips)
+
+
 @torch.no_grad()
 def sliding_probabilities(forward: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor,
                           window: Sequence[int], overlap: float, num_classes: int,
@@ -60,8 +67,7 @@ def sliding_probabilities(forward: Callable[[torch.Tensor], torch.Tensor], image
     for start in range(0, len(spots), batch):
         chunk = spots[start:start + batch]
         crops = torch.stack([image[:, t:t + wh, s:s + ww] for t, s in chunk])
-        flips = MIRRORS if mirror else ((),)
-        out = sum(torch.softmax(forward(crops.flip(f)).float(), dim=1).flip(f) for f in flips) / len(flips)
+        out = mirrored_probabilities(forward, crops, mirror)
         for p, (t, s) in zip(out, chunk, strict=True):
             probs[:, t:t + wh, s:s + ww] += p * weight
             total[t:t + wh, s:s + ww] += weight

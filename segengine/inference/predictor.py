@@ -22,7 +22,7 @@ from segdata.meta import default_palette
 from segengine import checkpoint as ckpt
 from segengine import storage
 from segengine.precision import Precision
-from segengine.windows import sliding_probabilities
+from segengine.windows import mirrored_probabilities, sliding_probabilities
 from zoo._errors import one_line
 
 BATCH = 8  # default letterboxed images or windows per forward pass (--batch-size)
@@ -125,7 +125,8 @@ class Predictor:
 
     @torch.no_grad()
     def letterbox_logits(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Per image: C x H x W float32 logits at the image's original size (letterbox in, inverse out)."""
+        """Per image: C x H x W float32 logits at the image's original size (letterbox in, inverse out); with the
+        recipe's or --tta's flips, the log of the softmax averaged over the four flips."""
         out: list[np.ndarray] = []
         for start in range(0, len(images), self.batch_size):
             xs, boxes = [], []
@@ -133,7 +134,11 @@ class Predictor:
                 x, _, box = self.transform(self.channels(image))
                 xs.append(x)
                 boxes.append(box)
-            logits = self.forward(torch.from_numpy(np.stack(xs))).cpu().numpy()
+            batch = torch.from_numpy(np.stack(xs))
+            if self.inference["mirror"]:  # log of the flip-averaged softmax: logits of the same argmax and softmax
+                logits = torch.log(mirrored_probabilities(self.forward, batch, True).clamp_min(1e-8)).cpu().numpy()
+            else:
+                logits = self.forward(batch).cpu().numpy()
             out.extend(box.invert(lg) for lg, box in zip(logits, boxes, strict=True))
         return out
 

@@ -14,6 +14,7 @@ from PIL import Image
 import segdata
 from launch import main
 from segengine import checkpoint, inference
+from segengine.windows import MIRRORS
 
 
 @pytest.fixture(scope="module")
@@ -141,9 +142,10 @@ def test_tiled_prediction_of_one_window_is_one_pass(ckpt):
     np.testing.assert_allclose(probs, direct, atol=1e-6)
 
 
-def test_mirror_flag_overrides_the_recipe_and_travels_with_the_manifest(ckpt):
-    """--mirror on a checkpoint that validated without flips: the predictor averages the 4 flips, and its
-    manifest (what the Ray Data actors of --workers rebuild it from) says so too."""
+def test_tta_flip_overrides_the_recipe_in_both_modes_and_travels_with_the_manifest(ckpt, tmp_path, capsys):
+    """`--tta flip` on a checkpoint that validated without flips: windows and letterboxed images are scored by
+    the softmax averaged over the 4 flips, and the manifest (what the Ray Data actors of --workers rebuild the
+    predictor from) says so too."""
     plain = inference.Predictor.from_checkpoint(ckpt)
     mirrored = inference.Predictor.from_checkpoint(ckpt, mirror=True)
     assert plain.inference["mirror"] is False and mirrored.inference["mirror"] is True
@@ -151,6 +153,22 @@ def test_mirror_flag_overrides_the_recipe_and_travels_with_the_manifest(ckpt):
     image = np.random.default_rng(1).integers(0, 256, (64, 80, 1), dtype=np.uint8)
     a, b = plain.tiled_probabilities(image), mirrored.tiled_probabilities(image)
     assert a.shape == b.shape and np.abs(a - b).max() > 1e-4
+    # letterbox: the log of the mean of the four flipped passes' softmax, mapped back to the image's size
+    x, _, box = mirrored.transform(mirrored.channels(image))
+    batch = torch.from_numpy(x[None])
+    with torch.no_grad():
+        mean = sum(torch.softmax(mirrored.forward(batch.flip(f)), 1).flip(f) for f in MIRRORS) / 4
+    expected = box.invert(torch.log(mean)[0].numpy())
+    np.testing.assert_allclose(mirrored.letterbox_logits([image])[0], expected, atol=1e-4)
+    assert np.abs(plain.letterbox_logits([image])[0] - expected).max() > 1e-3
+    Image.fromarray(image[:, :, 0]).save(tmp_path / "in.png")
+    assert main(["predict", ckpt, str(tmp_path / "in.png"), "--out", str(tmp_path / "out"), "--no-tile",
+                 "--tta", "flip"]) == 0
+    written = np.array(Image.open(tmp_path / "out" / "in_mask.png"))
+    np.testing.assert_array_equal(written, mirrored.predict_mask(image, tile=False))
+    with pytest.raises(SystemExit):
+        main(["predict", ckpt, str(tmp_path / "in.png"), "--out", str(tmp_path / "o2"), "--tta", "rotate"])
+    assert "--tta: invalid choice: 'rotate'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
