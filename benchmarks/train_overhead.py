@@ -7,7 +7,8 @@
 3. Where the seconds go, from each run's `timings.json` (written by the worker): start-up phases and, per epoch,
    training steps, validation, collectives (the per-step non-finite check and the metrics all-reduce) and
    `ray.train.report` (checkpoint written locally, then persisted by Ray before the call returns).
-4. Ray's part of the start-up, from Ray's own timeline (`ray.timeline()`: the profile events of every actor task):
+4. Ray's part of the start-up, from Ray's own timeline (`ray.timeline()`: the profile events of every actor task;
+   `tune_efficiency.py` splits a Train-backed trial's start-up the same way):
    from train() to the controller actor, its construction, the worker actors placed and started, their train
    context, and the process group and the train function's unpickling up to the worker function.
 
@@ -48,17 +49,25 @@ RAY_PHASES = [("to controller", "driver checks, TrainController actor process st
                "imported), up to the worker function")]
 
 
-def ray_phases(start: float, train_func_at: float) -> dict[str, float]:
-    """Ray's start-up phases of the Train run begun at `start` (wall clock), from Ray's timeline: the controller
-    is the actor with `run` and `get_result` tasks, the workers those with `init_train_context`."""
+def actor_tasks(start: float, until: float) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """Ray's timeline (`ray.timeline()`) between two wall-clock times: per actor process, its tasks' (begin, end)
+    by task name."""
     import ray
 
     tasks: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
     for event in ray.timeline():
         begin = event["ts"] / 1e6
-        if begin >= start and event.get("args", {}).get("name"):
+        if start <= begin <= until and event.get("args", {}).get("name"):
             tasks[event["tid"]][event["name"]].append((begin, begin + event["dur"] / 1e6))
-    controller = next(t for t in tasks.values() if "run" in t and "get_result" in t)
+    return tasks
+
+
+def ray_phases(start: float, train_func_at: float) -> dict[str, float]:
+    """Ray's start-up phases of the Train run begun at `start` (wall clock) whose worker function started at
+    `train_func_at`: the controller is the actor with a `run` task (TrainController.run), the workers those with
+    `init_train_context`."""
+    tasks = actor_tasks(start, train_func_at)
+    controller = next(t for t in tasks.values() if "run" in t and "__init__" in t)
     workers = [t for t in tasks.values() if "init_train_context" in t]
     placed = max(t["__init__"][0][0] for t in workers)
     context_end = max(t["init_train_context"][0][1] for t in workers)

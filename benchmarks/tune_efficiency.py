@@ -1,8 +1,11 @@
 """ASHA's compute saving on the built-in dataset, side by side in one run.
 
 One fixed list of pre-sampled learning rates (log-uniform, seeded) runs twice: under ASHA and with every trial to
-the maximum epochs (FIFO). Prints the fraction of trial-epochs ASHA used, the gap in the best metric, and the
-start-up per trial (in-process trials vs Train-backed trials).
+the maximum epochs (FIFO). Prints the fraction of trial-epochs ASHA used, the gap in the best metric, the
+start-up per trial (in-process trials vs Train-backed trials, 2 at once), and where a Train-backed trial's start-up
+goes: 2 trials of 2 workers x 1 CPU one at a time (the shape of a Train-backed `make tune`), split by Ray's
+timeline like `train_overhead.py` splits a Train run, from Tune's first call to the trial actor (the driver function
+starts there) to the worker function's first optimizer step.
 
     python benchmarks/tune_efficiency.py [--trials 8] [--epochs 16] [--grace 3] [--reduction 3]
 """
@@ -10,23 +13,45 @@ start-up per trial (in-process trials vs Train-backed trials).
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
+from train_overhead import RAY_PHASES, actor_tasks, ray_phases  # the sibling script
 
 from segengine.config import TrainConfig
 from segengine.tuning import TuneSettings, tune_run
 
 
 def _search(train: TrainConfig, lrs: list[float], scheduler: dict, storage: str, name: str,
-            workers_per_trial: int = 0) -> tuple[dict, float]:
+            workers_per_trial: int = 0, max_concurrent: int | None = None) -> tuple[dict, float]:
     settings = TuneSettings(train=train, search={"lr": {"grid": lrs}}, scheduler=scheduler,
-                            searcher={"type": "random"}, samples=1, workers_per_trial=workers_per_trial)
+                            searcher={"type": "random"}, samples=1, workers_per_trial=workers_per_trial,
+                            max_concurrent=max_concurrent)
     start = time.perf_counter()
     out = tune_run(settings, name=name, storage_root=storage, address=None, resume=False, overwrite=False)
     return out, time.perf_counter() - start
+
+
+TRIAL_PHASES = [*RAY_PHASES, ("worker fn to step", "dataset, model, DDP wrap, first batch and optimizer step")]
+
+
+def trial_phases(rows: list[dict]) -> list[dict[str, float]]:
+    """Per Train-backed trial of a search that ran them one at a time: `TRIAL_PHASES` in seconds, from Ray's
+    timeline and the worker's `timings.json`. The trial's driver function starts with Tune's first `train` call
+    to its actor (the function trainable starts its thread there), so "to controller" counts from that call."""
+    starts = sorted(t["train"][0][0] for t in actor_tasks(0, math.inf).values() if "train" in t)
+    out = []
+    for row in rows:
+        timings = json.loads((Path(row["run_dir"]) / "timings.json").read_text())
+        start = max(t for t in starts if t < timings["train_func"])
+        out.append({**ray_phases(start, timings["train_func"]),
+                    "worker fn to step": timings["first_step"] - timings["train_func"]})
+    return out
 
 
 def main() -> None:
@@ -50,6 +75,9 @@ def main() -> None:
         one = TrainConfig(**{**train.__dict__, "epochs": 1})
         train_backed, _ = _search(one, lrs[:4], {"type": "fifo"}, tmp, "train-backed", workers_per_trial=1)
         in_process, _ = _search(one, lrs[:4], {"type": "fifo"}, tmp, "in-process", workers_per_trial=0)
+        sequential, _ = _search(one, lrs[:2], {"type": "fifo"}, tmp, "train-backed-2x1", workers_per_trial=2,
+                                max_concurrent=1)
+        phases = trial_phases(sequential["rows"])
     metric = train.metric
     used = sum(r["epochs"] for r in asha["rows"])
     total = sum(r["epochs"] for r in full["rows"])
@@ -65,6 +93,13 @@ def main() -> None:
     for label, out in (("in-process trial", in_process), ("Train-backed trial (1 worker)", train_backed),
                        ("in-process, ASHA run", asha)):
         print(f"  {label:32} {statistics.median(r['startup_s'] for r in out['rows']):6.1f} s")
+    print("\nTrain-backed trial, 2 workers x 1 CPU, one at a time: start-up by Ray's timeline, seconds (median of "
+          f"{len(phases)} trials):")
+    print("  " + " ".join(f"{label:>17}" for label, _ in TRIAL_PHASES) + f" {'total':>7}")
+    medians = {label: statistics.median(p[label] for p in phases) for label, _ in TRIAL_PHASES}
+    print("  " + " ".join(f"{medians[label]:17.2f}" for label, _ in TRIAL_PHASES)
+          + f" {sum(medians.values()):7.2f}")
+    print("  " + "; ".join(f"{label}: {what}" for label, what in TRIAL_PHASES))
 
 
 if __name__ == "__main__":
