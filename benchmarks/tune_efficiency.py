@@ -44,7 +44,7 @@ def trial_phases(rows: list[dict]) -> list[dict[str, float]]:
     """Per Train-backed trial of a search that ran them one at a time: `TRIAL_PHASES` in seconds, from Ray's
     timeline and the worker's `timings.json`. The trial's driver function starts with Tune's first `train` call
     to its actor (the function trainable starts its thread there), so "to controller" counts from that call."""
-    starts = sorted(t["train"][0][0] for t in actor_tasks(0, math.inf).values() if "train" in t)
+    starts = [t["train"][0][0] for t in actor_tasks(0, math.inf).values() if "train" in t]
     out = []
     for row in rows:
         timings = json.loads((Path(row["run_dir"]) / "timings.json").read_text())
