@@ -24,14 +24,15 @@ import numpy as np
 from train_overhead import RAY_PHASES, actor_tasks, ray_phases  # the sibling script
 
 from segengine.config import TrainConfig
-from segengine.tuning import TuneSettings, tune_run
+from segengine.search_config import SearchConfig
+from segengine.tuning import tune_run
 
 
 def _search(train: TrainConfig, lrs: list[float], scheduler: dict, storage: str, name: str,
             workers_per_trial: int = 0, max_concurrent: int | None = None) -> tuple[dict, float]:
-    settings = TuneSettings(train=train, search={"lr": {"grid": lrs}}, scheduler=scheduler,
-                            searcher={"type": "random"}, samples=1, workers_per_trial=workers_per_trial,
-                            max_concurrent=max_concurrent)
+    settings = SearchConfig(train=train, search={"lr": {"grid": lrs}}, scheduler=scheduler,
+                            searcher={"type": "random"}, samples=1, max_concurrent=max_concurrent,
+                            resources={"workers_per_trial": workers_per_trial})
     start = time.perf_counter()
     out = tune_run(settings, name=name, storage_root=storage, address=None, resume=False, overwrite=False)
     return out, time.perf_counter() - start

@@ -8,7 +8,8 @@ from typing import Any
 import yaml
 
 import tune_configs
-from segengine.config import SEARCH_FILE_KEYS, ConfigError, TrainConfig, flag_overrides, load_yaml, merge_plugins
+from segengine.config import ConfigError, TrainConfig, flag_overrides, load_yaml, merge_plugins
+from segengine.search_config import SEARCH_FILE, SearchConfig
 
 TTA = {None: None, "flip": True, "none": False}  # --tta: the predictor's `mirror` (None: as the recipe validated)
 
@@ -34,7 +35,7 @@ def saved_run_config(args: argparse.Namespace, command: str) -> dict:
         return {}  # the run-name guard says there is nothing to resume
     raw = yaml.safe_load(storage.read_text(saved)) or {}
     if command == "tune":
-        search_file = storage.join(run_dir, "search.yaml")
+        search_file = storage.join(run_dir, SEARCH_FILE)
         search = (yaml.safe_load(storage.read_text(search_file)) or {}) if storage.exists(search_file) else {}
         raw = {"train": raw, **search}  # search.yaml holds the whole search, resources included
     return raw
@@ -44,7 +45,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     """Config file first, then the flags the user gave; plugins from both are kept. A search file (the recipes in
     tune_configs/) trains with its `train:` section, so one file is both the recipe and its search."""
     raw = load_yaml(config_file(args.config)) if args.config else saved_run_config(args, "train")
-    if "train" in raw and set(raw) <= set(SEARCH_FILE_KEYS):
+    if "train" in raw and set(raw) <= set(SearchConfig.model_fields):
         raw = dict(raw["train"] or {})
     raw.update(flag_overrides(args))
     raw["plugins"] = merge_plugins(raw.get("plugins") or [], args.plugin)
@@ -59,14 +60,14 @@ def train(args: argparse.Namespace) -> int:
 
 
 def tune(args: argparse.Namespace) -> int:
-    from segengine.tuning import load_settings, tune_run
+    from segengine.tuning import tune_run
 
     saved = saved_run_config(args, "tune") if not args.config else {}
     config = saved or config_file(args.config)
     overrides = {k: v for k, v in flag_overrides(args).items() if k not in ("storage", "name", "address")}
-    settings = load_settings(config, overrides, {"samples": args.samples,
-                                                      "workers_per_trial": args.workers_per_trial,
-                                                      "max_concurrent": args.max_concurrent})
+    settings = SearchConfig.load(config, overrides, {"samples": args.samples,
+                                                     "workers_per_trial": args.workers_per_trial,
+                                                     "max_concurrent": args.max_concurrent})
     if args.plugin:
         settings.train.plugins = merge_plugins(settings.train.plugins, args.plugin)
     tune_run(settings, name=args.name, storage_root=args.storage or settings.train.storage,

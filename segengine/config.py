@@ -32,9 +32,6 @@ SAMPLINGS = ("letterbox", "patch")
 VALIDATIONS = ("letterbox", "sliding")
 SCHEDULES = ("exponential", "cosine", "poly")
 OPTIMIZERS = ("adam", "adamw", "sgd")
-# Top-level keys of a search file (tune_configs/*.yaml); `train --config` uses its `train:` section.
-SEARCH_FILE_KEYS = ("train", "search", "class_weights", "scheduler", "searcher", "samples", "resources",
-                    "max_concurrent")
 
 
 class ConfigError(ValueError):

@@ -5,7 +5,7 @@ import pytest
 from launch import build_parser
 from segengine.commands import train_config
 from segengine.config import ConfigError, TrainConfig, diff_configs
-from segengine.tuning import parse_settings
+from segengine.search_config import SearchConfig
 
 
 def test_flags_override_file_and_plugins_accumulate(tmp_path):
@@ -111,7 +111,7 @@ def test_diff_lists_nested_keys():
 ])
 def test_search_config_errors_name_the_key(raw, needle):
     with pytest.raises(ConfigError) as err:
-        parse_settings(raw, "t.yaml")
+        SearchConfig.parse(raw, "t.yaml")
     assert needle in str(err.value)
 
 
@@ -121,17 +121,17 @@ def test_shipped_tune_configs_parse():
     import yaml
 
     for path in sorted(Path(__file__).resolve().parents[2].glob("tune_configs/*.yaml")):
-        parse_settings(yaml.safe_load(path.read_text()), str(path))
+        SearchConfig.parse(yaml.safe_load(path.read_text()), str(path))
 
 
 def test_recipe_point_is_the_recipes_values_inside_the_ranges():
     import segdata
-    from segengine.tuning import param_space, recipe_point
+    from segengine.tuning.space import param_space, recipe_point
 
     meta = segdata.DatasetMeta(root="synth", classes=["background", "membrane"], label_mode="threshold")
 
     def point(lr: float, choices: list[str]):
-        settings = parse_settings({"train": {"lr": lr, "optimizer": "adamw"},
+        settings = SearchConfig.parse({"train": {"lr": lr, "optimizer": "adamw"},
                                    "search": {"lr": {"loguniform": [1e-4, 1e-2]}, "optimizer": {"choice": choices}},
                                    "class_weights": {"per_class": {"membrane": [1.0, 5.0]}}}, "t.yaml")
         return recipe_point(settings, param_space(settings, settings.train, meta))

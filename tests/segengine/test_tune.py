@@ -112,10 +112,11 @@ def test_train_backed_trial_reports_every_epoch_and_its_checkpoint(ray_local, tm
     """workers_per_trial >= 1: each trial fits a TorchTrainer; metrics and the checkpoint path reach Tune; the
     second trial starts after the first (a fresh trial actor: a reused one would wait forever); the checkpoints,
     are complete and rebuild the model."""
-    from segengine.tuning import load_settings, tune_run
+    from segengine.search_config import SearchConfig
+    from segengine.tuning import tune_run
 
     config = _search_file(tmp_path, [3e-3, 1e-3], epochs=2, extra={"resources": {"workers_per_trial": 1}})
-    settings = load_settings(str(config), {}, {})
+    settings = SearchConfig.load(str(config))
     out = tune_run(settings, name="tb", storage_root=str(tmp_path), address=None, resume=False, overwrite=False)
     assert len(out["rows"]) == 2
     for row in out["rows"]:
@@ -138,10 +139,11 @@ def test_killed_worker_of_a_train_backed_trial_resumes_from_an_uploaded_checkpoi
 
     from engine_helpers import kill_a_train_worker_when
 
-    from segengine.tuning import load_settings, tune_run
+    from segengine.search_config import SearchConfig
+    from segengine.tuning import tune_run
 
     config = _search_file(tmp_path, [3e-3], epochs=5, extra={"resources": {"workers_per_trial": 1}})
-    settings = load_settings(str(config), {}, {})
+    settings = SearchConfig.load(str(config))
     out: dict = {}
     thread = threading.Thread(target=lambda: out.update(tune_run(
         settings, name="kill", storage_root=str(tmp_path), address=None, resume=False, overwrite=False)), daemon=True)
