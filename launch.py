@@ -25,6 +25,13 @@ def _add_tile_flag(p: argparse.ArgumentParser) -> None:
                         "letterboxed image (4x the time); default: as the checkpoint's recipe validated")
 
 
+def _add_label_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--label-mode", choices=["index", "threshold"], default=None)
+    p.add_argument("--threshold", type=int, default=None)
+    p.add_argument("--ignore-index", type=int, default=None)
+
+
 def _add_device_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
@@ -62,6 +69,8 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from segengine.config import parse_duration
+
     parser = argparse.ArgumentParser(
         description="UNet segmentation model zoo, trained on Ray Train and tuned with Ray Tune.")
     parser.add_argument("--version", action="version", version=f"unet-zoo {_version()}")
@@ -71,14 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", default="*", help="wildcard, e.g. 'res*' or 'timm-*'")
     _add_plugin_flag(p)
 
-    data = sub.add_parser("data", help="dataset tools: check, synth, isbi")
+    data = sub.add_parser("data", help="dataset tools: check, fingerprint, synth, isbi")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     p = dsub.add_parser("check", help="report counts, sizes, class shares and every problem of a dataset")
     p.add_argument("root", metavar="DIR_OR_URI")
-    p.add_argument("--num-classes", type=int, default=None)
-    p.add_argument("--label-mode", choices=["index", "threshold"], default=None)
-    p.add_argument("--threshold", type=int, default=None)
-    p.add_argument("--ignore-index", type=int, default=None)
+    _add_label_flags(p)
+    p = dsub.add_parser("fingerprint", help="the training split's fingerprint in full: sizes, intensities, class "
+                                            "shares, thickness and object sizes per class")
+    p.add_argument("root", metavar="DIR_OR_URI")
+    p.add_argument("--json", action="store_true", help="print it as JSON (as fingerprint.json in a planned run)")
+    _add_label_flags(p)
     p = dsub.add_parser("synth", help="generate the built-in synthetic EM-like membrane dataset")
     p.add_argument("out")
     p.add_argument("--seed", type=int, default=0)
@@ -106,6 +117,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=None, help="number of trials")
     p.add_argument("--workers-per-trial", type=int, default=None)
     p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: from resources)")
+
+    p = sub.add_parser("plan", help="a recipe planned from the data, the resources and a time budget",
+                       description="Fingerprint the training split, read the resources (this machine, or the cluster "
+                                   "at --address), time real steps, and write a recipe file that `train --config` and "
+                                   "`tune --config` run. `train --data DIR` and `tune --data DIR` without --config do "
+                                   "this themselves.")
+    p.add_argument("--data", required=True, metavar="DIR_OR_URI")
+    p.add_argument("--budget", dest="budget_s", type=parse_duration, default=None, metavar="DURATION",
+                   help="wall-clock budget of one training run, e.g. 20m or 2h (default 15m; a search around the "
+                        "recipe gets twice that)")
+    p.add_argument("--workers", type=int, default=None, help="Ray Train workers (default: from the resources)")
+    p.add_argument("--address", default=None, help="plan for the Ray cluster at ADDRESS (default: this machine)")
+    p.add_argument("--out", default="plan.yaml", metavar="FILE.yaml")
+    _add_label_flags(p)
+    _add_plugin_flag(p)
 
     p = sub.add_parser("evaluate", help="metrics of a checkpoint on a dataset split")
     p.add_argument("checkpoint", help="checkpoint, run or search folder, or an exported .onnx file")

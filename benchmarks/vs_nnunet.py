@@ -378,43 +378,61 @@ def run_nnunet(a: argparse.Namespace, folder: segdata.SegFolder, work: Path) -> 
 
 # ---- ours ------------------------------------------------------------------------------------------------------
 
-def run_ours(a: argparse.Namespace, folder: segdata.SegFolder, work: Path) -> dict[str, Any]:
-    phases: dict[str, float] = {}
-    log = work / "ours.log"
-    storage, pred, evaluated = work / "ours-runs", work / "ours-pred", work / "ours-eval"
-    for path in (storage, pred, evaluated):
-        shutil.rmtree(path, ignore_errors=True)
-    log.unlink(missing_ok=True)
-    name = f"vs-nnunet-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = storage / name
-    val = folder.samples("val")
-    stems = [Path(str(s.image).split("?")[0]).stem for s in val]
+def val_stems(folder: segdata.SegFolder) -> list[str]:
+    """The file stem of each val image: the name `launch.py predict` gives its mask (`<stem>_mask.png`)."""
+    stems = [Path(str(s.image).split("?")[0]).stem for s in folder.samples("val")]
     if len(set(stems)) != len(stems):
         raise SystemExit(f"{folder.root}: val image names repeat ({len(stems) - len(set(stems))} duplicate stems)")
-    python = sys.executable
+    return stems
+
+
+def run_ours(a: argparse.Namespace, folder: segdata.SegFolder, work: Path) -> dict[str, Any]:
+    """`launch.py train --budget` into <work>/ours-runs, then `predict_and_score_ours`."""
+    log, storage = work / "ours.log", work / "ours-runs"
+    shutil.rmtree(storage, ignore_errors=True)
+    log.unlink(missing_ok=True)
+    val_stems(folder)  # refuse before training, not after
+    name = f"vs-nnunet-{time.strftime('%Y%m%d-%H%M%S')}"
+    argv = [sys.executable, "launch.py", "train", "--data", folder.root, "--budget", a.budget, "--name", name,
+            "--storage", str(storage)]
+    train_wall_s = stream(argv, tag="ours", log=log, env=dict(os.environ, PYTHONUNBUFFERED="1"), cwd=REPO)
+    print(f"launch.py train: {train_wall_s:.1f} s", flush=True)
+    result = predict_and_score_ours(folder, storage / name, work, log)
+    result["phases"] = {"train_wall_s": train_wall_s, **result["phases"]}
+    result["commands"].insert(0, shlex.join(argv))
+    return result
+
+
+def predict_and_score_ours(folder: segdata.SegFolder, run_dir: Path, work: Path, log: Path) -> dict[str, Any]:
+    """Masks of the val images by `launch.py predict` scored by `score_masks`, and `launch.py evaluate` beside
+    them as a cross-check; steps and budget spent from the run folder."""
+    pred, evaluated = work / "ours-pred", work / "ours-eval"
+    for path in (pred, evaluated):
+        shutil.rmtree(path, ignore_errors=True)
+    val, stems = folder.samples("val"), val_stems(folder)
     commands = [
-        [python, "launch.py", "train", "--data", folder.root, "--budget", a.budget, "--name", name, "--storage",
-         str(storage)],
-        [python, "launch.py", "predict", str(run_dir), *(str(s.image) for s in val), "--out", str(pred),
+        [sys.executable, "launch.py", "predict", str(run_dir), *(str(s.image) for s in val), "--out", str(pred),
          "--device", "cpu"],
-        [python, "launch.py", "evaluate", str(run_dir), "--data", folder.root, "--out", str(evaluated),
+        [sys.executable, "launch.py", "evaluate", str(run_dir), "--data", folder.root, "--out", str(evaluated),
          "--device", "cpu"],
     ]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    for key, argv in zip(("train_wall_s", "predict_s", "evaluate_s"), commands, strict=True):
-        phases[key] = stream(argv, tag="ours", log=log, env=env, cwd=REPO)
+    phases: dict[str, float] = {}
+    for key, argv in zip(("predict_s", "evaluate_s"), commands, strict=True):
+        phases[key] = stream(argv, tag="ours", log=log, env=dict(os.environ, PYTHONUNBUFFERED="1"), cwd=REPO)
         print(f"launch.py {argv[2]}: {phases[key]:.1f} s", flush=True)
     with open(run_dir / "history.csv") as f:
         history = list(csv.DictReader(f))
-    steps = int(float(history[-1].get("steps") or 0)) if history else 0
-    train_s = sum(float(h.get("epoch_time_s") or 0) for h in history)
+    timings = json.loads((run_dir / "timings.json").read_text()) if (run_dir / "timings.json").is_file() else {}
+    spent = (timings.get("budget") or {}).get("spent_s")  # training + validation, start-up not counted
+    train_s = spent if spent is not None else sum(float(h.get("epoch_time_s") or 0) for h in history)
     started = time.perf_counter()
     scores = score_masks({s.name: pred / f"{stem}_mask.png" for s, stem in zip(val, stems, strict=True)}, val,
                          folder.meta)
     phases["score_s"] = time.perf_counter() - started
     metrics = json.loads((evaluated / "metrics.json").read_text())
-    return {"tool": "unet-zoo (no-config plan)", "phases": phases, "train_s": round(train_s, 2), "steps": steps,
-            "steps_kind": "optimizer steps", "epochs": len(history), "scores": scores, "run_dir": str(run_dir),
+    return {"tool": "unet-zoo (no-config plan)", "phases": phases, "train_s": round(float(train_s), 2),
+            "steps": int(float(history[-1].get("steps") or 0)) if history else 0, "steps_kind": "optimizer steps",
+            "epochs": len(history), "scores": scores, "run_dir": str(run_dir),
             "evaluate": {"miou": metrics.get("miou"), "iou": metrics.get("iou"), "inference": metrics.get("inference"),
                          "encoder": metrics.get("encoder"), "input_size": metrics.get("input_size")},
             "commands": [shlex.join(argv) for argv in commands]}
@@ -429,6 +447,11 @@ def cpu_name() -> str:
 
 def fmt(value: float | None, digits: int = 4) -> str:
     return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def phase_list(phases: dict[str, float]) -> str:
+    return ", ".join("venv reused" if key == "setup_s" and not seconds else f"{key.removesuffix('_s')} {seconds:.0f}"
+                     for key, seconds in phases.items())
 
 
 def report(a: argparse.Namespace, folder: segdata.SegFolder, results: list[dict[str, Any]]) -> None:
@@ -446,10 +469,10 @@ def report(a: argparse.Namespace, folder: segdata.SegFolder, results: list[dict[
                   f"median iteration {fmt(b['median_iteration_s'], 2)} s, {b['iterations_per_epoch']} per epoch")
         if "evaluate" in r and r["evaluate"]["miou"] is not None:
             e = r["evaluate"]
-            print(f"unet-zoo: encoder {e['encoder']}, input {e['input_size']}, inference {e['inference']}; "
-                  f"launch.py evaluate mIoU {fmt(e['miou'])} (cross-check of the mask scoring)")
-    print("\nphase seconds: " + "; ".join(
-        f"{r['tool']}: " + ", ".join(f"{k[:-2]} {v:.0f}" for k, v in r["phases"].items()) for r in results))
+            print(f"unet-zoo: encoder {e['encoder']}, input {e['input_size']}, inference {e['inference']}, "
+                  f"{r['epochs']} epochs; launch.py evaluate mIoU {fmt(e['miou'])} (cross-check: the masks scored "
+                  f"here give {fmt(r['scores']['miou'])})")
+    print("\nphase seconds: " + "; ".join(f"{r['tool']}: {phase_list(r['phases'])}" for r in results))
     width = max(10, *(len(c) for c in classes))
     head = (f"{'tool':<30} {'budget':>7} {'train wall s':>12} {'loop s':>7} {'steps':>16} {'val mIoU':>9}  "
             + "  ".join(f"{c:>{width}}" for c in classes))

@@ -18,12 +18,19 @@ from segdata.meta import IGNORE
 PAD_GREY = 128
 
 
-def _normalisation_table(mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """C x 256 float32: (value - mean) / std for every uint8 value of every channel."""
+Clip = tuple[Sequence[float], Sequence[float]]  # per-channel (low, high) grey levels, applied before mean/std
+
+
+def _normalisation_table(mean: Sequence[float], std: Sequence[float], clip: Clip | None = None) -> np.ndarray:
+    """C x 256 float32: (clip(value, low, high) - mean) / std for every uint8 value of every channel."""
     mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
     if mean.ndim != 1 or mean.shape != std.shape or not np.all(std > 0):
         raise ValueError(f"mean {mean.tolist()} and std {std.tolist()}: one value per channel, std > 0")
-    return ((np.arange(256)[None, :] - mean[:, None]) / std[:, None]).astype(np.float32)
+    values = np.broadcast_to(np.arange(256, dtype=np.float64), (mean.size, 256))
+    if clip is not None:
+        low, high = (np.asarray(c, np.float64)[:, None] for c in clip)
+        values = np.clip(values, low, high)
+    return ((values - mean[:, None]) / std[:, None]).astype(np.float32)
 
 
 def _normalise(image: np.ndarray, table: np.ndarray, value_lut: np.ndarray | None = None) -> np.ndarray:
@@ -71,9 +78,10 @@ class TrainTransform:
 
     def __init__(self, input_size: tuple[int, int], mean: Sequence[float], std: Sequence[float], *,
                  jitter: float = 0.3, scale: tuple[float, float] = (0.25, 2.0), flip: float = 0.5,
-                 hue: float = 0.1, sat: float = 1.5, val: float = 1.5, crop: bool = False) -> None:
+                 hue: float = 0.1, sat: float = 1.5, val: float = 1.5, crop: bool = False, clip: Clip | None = None
+                 ) -> None:
         self.input_size = (int(input_size[0]), int(input_size[1]))
-        self.table = _normalisation_table(mean, std)
+        self.table = _normalisation_table(mean, std, clip)
         self.jitter, self.scale, self.flip = jitter, (float(scale[0]), float(scale[1])), flip
         self.hue, self.sat, self.val, self.crop = hue, sat, val, crop
 
@@ -152,9 +160,10 @@ class Letterbox:
 class EvalTransform:
     """Deterministic letterbox: keep the aspect ratio, centre on grey 128, pad labels with IGNORE."""
 
-    def __init__(self, input_size: tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(self, input_size: tuple[int, int], mean: Sequence[float], std: Sequence[float],
+                 clip: Clip | None = None) -> None:
         self.input_size = (int(input_size[0]), int(input_size[1]))
-        self.table = _normalisation_table(mean, std)
+        self.table = _normalisation_table(mean, std, clip)
 
     def __call__(self, image: np.ndarray, label: np.ndarray | None = None
                  ) -> tuple[np.ndarray, np.ndarray | None, Letterbox]:
@@ -190,16 +199,21 @@ def elastic_maps(shape: tuple[int, int], grid: int, std: float, rng: np.random.G
     return xs + dx, ys + dy
 
 
-def _intensity_lut(rng: np.random.Generator, brightness: float, contrast: float,
-                   gamma: tuple[float, float]) -> np.ndarray | None:
-    """uint8 -> uint8 table for gamma, contrast (around mid-grey) and brightness; None when all are off."""
+def _intensity_lut(rng: np.random.Generator, brightness: float, contrast: float, gamma: tuple[float, float],
+                   window: tuple[float, float] = (0.0, 255.0)) -> np.ndarray | None:
+    """uint8 -> uint8 table for gamma, contrast (around mid-grey) and brightness, all relative to the intensity
+    `window` the normalisation clips to (the whole 0..255 without one), so that a dim, low-contrast image (e.g.
+    fluorescence at grey levels 20-120) is changed as much as a full-range one; None when all are off."""
     if not brightness and not contrast and gamma == (1.0, 1.0):
         return None
     g = float(np.exp(rng.uniform(np.log(gamma[0]), np.log(gamma[1]))))
     c = rng.uniform(1 - contrast, 1 + contrast)
-    b = rng.uniform(-brightness, brightness) * 255
-    values = (np.arange(256) / 255.0) ** g * 255
-    return np.clip(np.round((values - 128) * c + 128 + b), 0, 255).astype(np.uint8)
+    low, high = window
+    span = high - low
+    b = rng.uniform(-brightness, brightness) * span
+    values = np.clip((np.arange(256) - low) / span, 0, 1) ** g * span + low
+    centre = low + span * 128 / 255
+    return np.clip(np.round((values - centre) * c + centre + b), 0, 255).astype(np.uint8)
 
 
 class PatchTransform:
@@ -220,9 +234,10 @@ class PatchTransform:
                  brightness: float = 0.0, contrast: float = 0.0, gamma: tuple[float, float] = (1.0, 1.0),
                  noise: float = 0.0, noise_std: float = 8.0, blur: float = 0.0,
                  blur_sigma: tuple[float, float] = (0.5, 1.5), hue: float = 0.0, sat: float = 1.0,
-                 val: float = 1.0, class_aware: float = 0.0) -> None:
+                 val: float = 1.0, class_aware: float = 0.0, clip: Clip | None = None) -> None:
         self.crop_size = (int(crop_size[0]), int(crop_size[1]))
-        self.table = _normalisation_table(mean, std)
+        self.table = _normalisation_table(mean, std, clip)
+        self.window = (float(np.mean(clip[0])), float(np.mean(clip[1]))) if clip is not None else (0.0, 255.0)
         self.std = np.asarray(std, np.float32)
         self.num_classes = num_classes
         self.zoom, self.flip, self.vflip, self.rot90 = (float(zoom[0]), float(zoom[1])), flip, vflip, rot90
@@ -279,7 +294,7 @@ class PatchTransform:
             lab = cv2.remap(lab, map_x, map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REFLECT_101)
         if self.blur and rng.uniform() < self.blur:
             img = cv2.GaussianBlur(img, (0, 0), rng.uniform(*self.blur_sigma)).reshape(h, w, -1)
-        value_lut = _intensity_lut(rng, self.brightness, self.contrast, self.gamma)
+        value_lut = _intensity_lut(rng, self.brightness, self.contrast, self.gamma, self.window)
         if img.shape[2] == 3 and (self.hue or self.sat != 1 or self.val != 1):
             values = np.arange(256, dtype=np.float64)
             hsv_lut = np.stack([((values + rng.uniform(-self.hue, self.hue) * 180) % 180).astype(np.uint8),
@@ -297,8 +312,8 @@ class PatchTransform:
 class NativeTransform:
     """Validation at native resolution: normalisation only (the image keeps its size; sliding windows follow)."""
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        self.table = _normalisation_table(mean, std)
+    def __init__(self, mean: Sequence[float], std: Sequence[float], clip: Clip | None = None) -> None:
+        self.table = _normalisation_table(mean, std, clip)
 
     def __call__(self, image: np.ndarray, label: np.ndarray | None = None
                  ) -> tuple[np.ndarray, np.ndarray | None, None]:
@@ -306,6 +321,6 @@ class NativeTransform:
         return _normalise(np.ascontiguousarray(image), self.table), y, None
 
 
-def normalised_grey(mean: Sequence[float], std: Sequence[float]) -> list[float]:
+def normalised_grey(mean: Sequence[float], std: Sequence[float], clip: Clip | None = None) -> list[float]:
     """What grey 128 padding becomes after normalisation, per channel."""
-    return [(PAD_GREY - m) / s for m, s in zip(mean, std, strict=True)]
+    return [float(v) for v in _normalisation_table(mean, std, clip)[:, PAD_GREY]]

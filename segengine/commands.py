@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -52,26 +53,87 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.from_dict(raw, where=args.config or "command line")
 
 
+def is_planned(args: argparse.Namespace) -> bool:
+    """No config means planned: a dataset folder (or URI) without --config and without --resume. The built-in
+    synthetic set keeps its shipped recipe (`default.yaml`), so `make tune` stays a 3-minute demo."""
+    data = getattr(args, "data", None)
+    return not args.config and not args.resume and bool(data) and not data.startswith("synth")
+
+
+def _plan(args: argparse.Namespace, flags: dict[str, Any], budget_s: float):
+    """The plan for the flags' dataset (the flags are checked first: a bad one fails before the probe)."""
+    from segengine.planning import make_plan
+
+    base = TrainConfig.from_dict({**flags, "plugins": merge_plugins([], args.plugin)}, where="command line")
+    workers = flags.get("workers")
+    plan = make_plan(base, budget_s=budget_s, workers=max(workers) if isinstance(workers, list) else workers,
+                     address=flags.get("address"))
+    print(plan.table(), flush=True)
+    return plan
+
+
 def train(args: argparse.Namespace) -> int:
     from segengine.training import train as run_train
 
-    run_train(train_config(args), resume=args.resume, overwrite=args.overwrite)
+    plan = None
+    if is_planned(args):
+        from segengine.planning.plan import DEFAULT_BUDGET_S
+
+        flags = flag_overrides(args)
+        if "epochs" in flags and "budget_s" not in flags:  # the user's epoch count wins over the plan's budget
+            flags["budget_s"] = None
+        plan = _plan(args, flags, flags.get("budget_s") or DEFAULT_BUDGET_S)
+        cfg = TrainConfig.from_dict({**plan.train, **flags, "plugins": merge_plugins([], args.plugin)},
+                                    where="command line")
+    else:
+        cfg = train_config(args)
+    run_train(cfg, resume=args.resume, overwrite=args.overwrite, plan=plan)
     return 0
 
 
 def tune(args: argparse.Namespace) -> int:
+    """A search: the shipped default on the synthetic set, a file, a resumed search's saved one, or planned for a
+    dataset. `--budget T` is the whole search's (Tune's time budget); each trial gets half of it."""
     from segengine.tuning import tune_run
 
-    saved = saved_run_config(args, "tune") if not args.config else {}
-    config = saved or config_file(args.config)
     overrides = {k: v for k, v in flag_overrides(args).items() if k not in ("storage", "name", "address")}
-    settings = SearchConfig.load(config, overrides, {"samples": args.samples,
-                                                     "workers_per_trial": args.workers_per_trial,
-                                                     "max_concurrent": args.max_concurrent})
+    budget = overrides.pop("budget_s", None)
+    extra = {"samples": args.samples, "workers_per_trial": args.workers_per_trial,
+             "max_concurrent": args.max_concurrent}
+    plan = None
+    if is_planned(args):
+        from segengine.planning.plan import DEFAULT_BUDGET_S
+
+        plan = _plan(args, {**overrides, "address": args.address}, (budget or 2 * DEFAULT_BUDGET_S) / 2)
+        config = {"train": plan.train, **plan.search}
+    else:
+        saved = saved_run_config(args, "tune") if not args.config else {}
+        config = saved or config_file(args.config)
+    if budget is not None:
+        overrides["budget_s"] = budget / 2
+        extra["time_budget_s"] = budget
+    settings = SearchConfig.load(config, overrides, extra)
     if args.plugin:
         settings.train.plugins = merge_plugins(settings.train.plugins, args.plugin)
     tune_run(settings, name=args.name, storage_root=args.storage or settings.train.storage,
-             address=args.address, resume=args.resume, overwrite=args.overwrite)
+             address=args.address, resume=args.resume, overwrite=args.overwrite, plan=plan)
+    return 0
+
+
+def plan(args: argparse.Namespace) -> int:
+    """`launch.py plan --data DIR`: the recipe file, without training."""
+    from segengine.config import format_duration
+    from segengine.planning.plan import DEFAULT_BUDGET_S
+
+    flags = {k: v for k, v in vars(args).items() if k in ("data", "num_classes", "label_mode", "threshold",
+                                                          "ignore_index") and v is not None}
+    result = _plan(args, {**flags, "workers": args.workers, "address": args.address},
+                   args.budget_s or DEFAULT_BUDGET_S)
+    out = Path(args.out)
+    out.write_text(result.to_yaml())
+    print(f"wrote {out}\n  python launch.py train --config {out}    (within {format_duration(result.budget_s)})\n"
+          f"  python launch.py tune --config {out}     (the search around it, within "
+          f"{format_duration(result.search['time_budget_s'])})")
     return 0
 
 

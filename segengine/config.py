@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from collections.abc import Mapping
 from dataclasses import field
 from pathlib import Path
@@ -42,12 +43,55 @@ class ConfigError(ValueError):
 
 def flag(default: Any = dataclasses.MISSING, help: str = "", *, name: str | None = None,  # noqa: A002
          choices: tuple[str, ...] | None = None, train_only: bool = False, metavar: str | None = None,
-         factory: Any = dataclasses.MISSING):
-    """A config field that is also a CLI flag (`--name`, default: the key with dashes)."""
-    meta = {"help": help, "flag": name, "choices": choices, "train_only": train_only, "metavar": metavar}
+         factory: Any = dataclasses.MISSING, parse: Any = None):
+    """A config field that is also a CLI flag (`--name`, default: the key with dashes; `parse`: the flag's text to
+    the field's value, e.g. `parse_duration`)."""
+    meta = {"help": help, "flag": name, "choices": choices, "train_only": train_only, "metavar": metavar,
+            "parse": parse}
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?$")
+
+
+def parse_duration(text: str) -> float:
+    """'15m', '2h', '1h30m', '90s' or '90' (seconds) -> seconds."""
+    import argparse
+
+    match = _DURATION.match(str(text).strip().lower())
+    if not str(text).strip() or match is None or not any(match.groups()):
+        raise argparse.ArgumentTypeError(f"{text!r}: use a duration such as 90s, 15m, 2h or 1h30m")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    total = hours * 3600 + minutes * 60 + seconds
+    if total <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a budget must be longer than 0 s")
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    """900 -> '15m', 5400 -> '1h30m', 95 -> '95s'."""
+    if seconds < 600 and seconds % 60:
+        return f"{seconds:.0f}s"
+    hours, minutes = divmod(round(seconds / 60), 60)
+    return f"{hours}h{minutes:02d}m" if hours and minutes else f"{hours}h" if hours else f"{minutes}m"
+
+
+@dataclass(config=STRICT)
+class NormalizationConfig:
+    """Per-channel intensity normalisation in 0..255 pixel units: clip to [low, high] (when given), then
+    (x - mean) / std. Unset, the encoder's own normalisation applies (what pretrained weights expect); a plan sets
+    it from the dataset's fingerprint."""
+
+    mean: list[float]
+    std: list[float]
+    low: list[float] | None = None
+    high: list[float] | None = None
+
+    @property
+    def clip(self) -> tuple[list[float], list[float]] | None:
+        return (self.low, self.high) if self.low is not None and self.high is not None else None
 
 
 @dataclass(config=STRICT)
@@ -101,6 +145,8 @@ class TrainConfig:
     samples_per_epoch: int | None = flag(None, "patch sampling: crops per epoch over all workers (default: the "
                                          "number of training images)")
     class_aware: float = 0.0  # patch sampling: probability that a crop is centred on a pixel of a random class
+    scale: float = 1.0  # patch sampling: images resampled by this factor for training, validation and inference
+    normalization: NormalizationConfig | None = None  # None: the encoder's (see NormalizationConfig)
     validation: str = flag("letterbox", "letterbox at --input-size, or sliding windows at native resolution, "
                            "blended", choices=VALIDATIONS)
     val_window: IntPair | None = None  # sliding validation window (None: input_size)
@@ -122,7 +168,11 @@ class TrainConfig:
     skip_bad: bool = flag(False, "skip broken image/label pairs with a warning instead of refusing the dataset")
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # recipe
-    epochs: int = flag(20, "epochs to train")
+    epochs: int = flag(20, "epochs to train (with --budget: the plan's estimate, re-sized to the budget as the run "
+                       "measures its epochs)")
+    budget_s: float | None = flag(None, "wall-clock budget of training and validation, e.g. 15m or 2h (start-up "
+                                  "not counted): the run stops in time with its best checkpoint", name="budget",
+                                  metavar="DURATION", parse=parse_duration)
     batch_size: int = flag(4, "images per worker per step (not global)")
     optimizer: str = flag("adam", "optimizer", choices=OPTIMIZERS)
     lr: float = flag(1e-3, "learning rate (peak, after warm-up)")
@@ -213,6 +263,8 @@ def _build(cls, raw: Mapping[str, Any], where: str):
     values = dict(raw)
     if cls is TrainConfig and values.get("augment") is not None:
         values["augment"] = _build(AugmentConfig, values["augment"], f"{where}.augment")
+    if cls is TrainConfig and values.get("normalization") is not None:
+        values["normalization"] = _build(NormalizationConfig, values["normalization"], f"{where}.normalization")
     try:
         obj = cls(**values)
     except ValidationError as exc:
@@ -244,6 +296,15 @@ def _first_error(cls, exc: ValidationError, values: Mapping[str, Any], where: st
 
 
 def _validate(obj: Any, where: str) -> None:
+    if isinstance(obj, NormalizationConfig):
+        n = len(obj.mean)
+        if not n or len(obj.std) != n or any(s <= 0 for s in obj.std):
+            raise ConfigError(f"{where}: mean and std need one value per channel, std > 0")
+        bounds = (obj.low or [], obj.high or [])
+        if (obj.low is None) != (obj.high is None) or (obj.low is not None and (
+                len(obj.low) != n or len(obj.high) != n or any(lo >= hi for lo, hi in zip(*bounds, strict=True)))):
+            raise ConfigError(f"{where}: low and high need one value per channel each, low < high (or neither)")
+        return
     if isinstance(obj, AugmentConfig):
         for key in ("scale", "zoom", "gamma", "blur_sigma"):
             lo, hi = getattr(obj, key)
@@ -275,6 +336,9 @@ def _validate(obj: Any, where: str) -> None:
         ("optimizer", c.optimizer in OPTIMIZERS, ", ".join(OPTIMIZERS)),
         ("samples_per_epoch", c.samples_per_epoch is None or c.samples_per_epoch >= 1, "an integer >= 1"),
         ("class_aware", 0 <= c.class_aware <= 1, "a probability in [0, 1]"),
+        ("scale", 0 < c.scale <= 4 and (c.scale == 1 or c.sampling == "patch"),
+         "a factor in (0, 4], other than 1 only with sampling: patch"),
+        ("budget_s", c.budget_s is None or c.budget_s > 0, "seconds > 0"),
         ("val_overlap", 0 <= c.val_overlap < 1, "a fraction from 0 to below 1"),
         ("val_every", c.val_every >= 1, "an integer >= 1"),
         ("val_window", c.val_window is None or all(s >= 8 for s in c.val_window), "two integers >= 8 (H W)"),
@@ -388,6 +452,8 @@ def cli_flags(command: str) -> list[tuple[str, dict[str, Any]]]:
             kw.update(nargs="+", type=float, metavar="W")
         elif kind.startswith("dict"):
             kw.update(action="append", type=_key_value, metavar=f.metadata["metavar"])
+        elif f.metadata["parse"] is not None:
+            kw["type"] = f.metadata["parse"]
         else:
             kw["type"] = int if kind.startswith("int") else float if kind.startswith("float") else str
             kw["metavar"] = f.metadata["metavar"] or option.replace("-", "_").upper()

@@ -26,6 +26,7 @@ import plugins
 import segdata
 import zoo
 from segengine.artifacts import RunArtifacts
+from segengine.budget import BudgetClock, epochs_that_fit
 from segengine.cluster import redact
 from segengine.config import TrainConfig
 from segengine.losses import SegmentationLoss
@@ -50,24 +51,28 @@ def _is_better(value: float, best: float | None, mode: str) -> bool:
     return best is None or (value > best if mode == "max" else value < best)
 
 
-def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+def lr_factor(cfg: TrainConfig, steps_per_epoch: int, epochs: Callable[[], int] | None = None
+              ) -> Callable[[int], float]:
     """Learning-rate factor per optimizer step: linear warm-up, then the tutorial's lr_decay^epoch (constant
-    within an epoch), a cosine or a polynomial decay to min_lr_ratio over the whole run."""
-    total = max(1, cfg.epochs * steps_per_epoch)
+    within an epoch), a cosine or a polynomial decay to min_lr_ratio over the whole run. `epochs()` is the run's
+    length (default `cfg.epochs`; a budgeted run re-sizes it as it measures its epochs)."""
+    length = epochs or (lambda: cfg.epochs)
 
     def factor(step: int) -> float:
         warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
         if cfg.schedule == "exponential":
             return warm * cfg.lr_decay ** (step // steps_per_epoch)
-        t = min(1.0, step / total)
+        t = min(1.0, step / max(1, length() * steps_per_epoch))
         shape = 0.5 * (1 + math.cos(math.pi * t)) if cfg.schedule == "cosine" else (1 - t) ** cfg.poly_power
         return warm * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape)
 
     return factor
 
 
-def build_optimizer(model: zoo.SegmentationModel, cfg: TrainConfig, steps_per_epoch: int):
-    """Two parameter groups (encoder, rest) so freeze epochs can hold the encoder at lr 0; a per-step schedule."""
+def build_optimizer(model: zoo.SegmentationModel, cfg: TrainConfig, steps_per_epoch: int,
+                    epochs: Callable[[], int] | None = None):
+    """Two parameter groups (encoder, rest) so freeze epochs can hold the encoder at lr 0; a per-step schedule
+    over `epochs()` (see `lr_factor`)."""
     enc = list(model.encoder.parameters())
     enc_ids = {id(p) for p in enc}
     rest = [p for p in model.parameters() if id(p) not in enc_ids]
@@ -78,7 +83,7 @@ def build_optimizer(model: zoo.SegmentationModel, cfg: TrainConfig, steps_per_ep
     else:
         kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
         opt = kind(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    factor = lr_factor(cfg, steps_per_epoch)
+    factor = lr_factor(cfg, steps_per_epoch, epochs)
     frozen_steps = cfg.freeze_epochs * steps_per_epoch
     lambdas = [lambda step: 0.0 if step < frozen_steps else factor(step), factor]
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambdas)
@@ -107,20 +112,34 @@ def inverse_frequency_weights(frequencies: np.ndarray, exponent: float) -> list[
     return (w / w.mean()).round(6).tolist()
 
 
+def normalization(cfg: TrainConfig, spec: zoo.EncoderSpec, in_channels: int) -> zoo.Normalization:
+    """The recipe's intensity normalisation (a plan's, from the dataset), else the encoder's for these channels."""
+    n = cfg.normalization
+    if n is None:
+        return spec.normalization.for_channels(in_channels)
+    if len(n.mean) != in_channels:
+        raise TrainingError(f"normalization has {len(n.mean)} channel(s) but the images have {in_channels}")
+    clip = n.clip
+    return zoo.Normalization("dataset", tuple(n.mean), tuple(n.std), *(tuple(c) for c in clip or (None, None)))
+
+
 def make_train_set(cfg: TrainConfig, samples: list, meta: segdata.DatasetMeta, norm: zoo.Normalization
                    ) -> torch.utils.data.Dataset:
-    """The recipe's training set: patches at native resolution, or the tutorial's letterboxed whole images."""
+    """The recipe's training set: patches at native resolution (or resampled by `scale`), or the tutorial's
+    letterboxed whole images."""
     a = cfg.augment
     if cfg.sampling == "patch":
+        zoom = (a.zoom[0] * cfg.scale, a.zoom[1] * cfg.scale)
         transform = segdata.PatchTransform(
-            cfg.input_size, norm.mean, norm.std, num_classes=meta.num_classes, zoom=a.zoom, flip=a.flip,
+            cfg.input_size, norm.mean, norm.std, num_classes=meta.num_classes, zoom=zoom, flip=a.flip,
             vflip=a.vflip, rot90=a.rot90, elastic=a.elastic, elastic_grid=a.elastic_grid, elastic_std=a.elastic_std,
             brightness=a.brightness, contrast=a.contrast, gamma=a.gamma, noise=a.noise, noise_std=a.noise_std,
-            blur=a.blur, blur_sigma=a.blur_sigma, hue=a.hue, sat=a.sat, val=a.val, class_aware=cfg.class_aware)
+            blur=a.blur, blur_sigma=a.blur_sigma, hue=a.hue, sat=a.sat, val=a.val, class_aware=cfg.class_aware,
+            clip=norm.clip)
         return segdata.PatchDataset(samples, meta, transform, length=cfg.samples_per_epoch or len(samples),
                                     seed=cfg.seed)
     transform = segdata.TrainTransform(cfg.input_size, norm.mean, norm.std, jitter=a.jitter, scale=a.scale,
-                                       flip=a.flip, hue=a.hue, sat=a.sat, val=a.val, crop=a.crop)
+                                       flip=a.flip, hue=a.hue, sat=a.sat, val=a.val, crop=a.crop, clip=norm.clip)
     return segdata.SegmentationDataset(samples, meta, transform, seed=cfg.seed, train=True)
 
 
@@ -130,14 +149,20 @@ def _loader_workers(cfg: TrainConfig) -> int:
 
 
 def _rng_state() -> dict[str, Any]:
+    _, keys, position, has_gauss, gauss = np.random.get_state()
     return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-            "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64))}
+            "numpy": torch.from_numpy(keys.astype(np.int64)), "numpy_position": int(position),
+            "numpy_gauss": [int(has_gauss), float(gauss)]}
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
+    """The generators exactly where the checkpointed run left them (numpy's position in its key included;
+    checkpoints from before it was saved start numpy at a fresh block)."""
     torch.set_rng_state(state["torch"])
     random.setstate((3, tuple(state["python"]), None))
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), 624, 0, 0.0))
+    has_gauss, gauss = state.get("numpy_gauss", [0, 0.0])
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state.get("numpy_position", 624),
+                         has_gauss, gauss))
 
 
 def manifest_for(cfg: TrainConfig, meta: segdata.DatasetMeta, model: zoo.SegmentationModel, norm: zoo.Normalization,
@@ -154,13 +179,14 @@ def manifest_for(cfg: TrainConfig, meta: segdata.DatasetMeta, model: zoo.Segment
     return {
         "schema_version": cfg.schema_version, "encoder": cfg.encoder, "num_classes": meta.num_classes,
         "class_names": list(meta.classes), "in_channels": meta.in_channels, "input_size": list(cfg.input_size),
-        "normalization": {"name": norm.name, "mean": list(norm.mean), "std": list(norm.std)},
+        "normalization": {"name": norm.name, "mean": list(norm.mean), "std": list(norm.std),
+                          **({"low": list(norm.low), "high": list(norm.high)} if norm.clip else {})},
         "label_mode": meta.label_mode, "colors": [list(c) for c in meta.colors], "dataset": meta.to_dict(),
         "plugins": list(cfg.plugins), "encoder_source": plugins.provenance(model.spec.source),
         "model_kwargs": dict(model.model_kwargs), "config": redact(cfg.to_dict()),
         "epoch": epoch, "metrics": metrics,
         "inference": ({"mode": "sliding", "window": list(cfg.window), "overlap": cfg.val_overlap,
-                       "mirror": cfg.val_mirror}
+                       "mirror": cfg.val_mirror, "scale": cfg.scale}
                       if cfg.validation == "sliding" else {"mode": "letterbox"}),
         "versions": {d: version(d) for d in ("unet-zoo", "torch", "ray", "timm", "segmentation-models-pytorch")},
     }
@@ -227,7 +253,7 @@ class Trainer:
         model = zoo.create_model(cfg.encoder, self.meta.num_classes, in_channels=self.meta.in_channels,
                                  weights=cfg.weights, **cfg.encoder_kwargs)
         set_bn_momentum(model, cfg.bn_momentum)
-        self.norm = model.spec.normalization.for_channels(self.meta.in_channels)
+        self.norm = normalization(cfg, model.spec, self.meta.in_channels)
         self.train_set = make_train_set(cfg, train_samples, self.meta, self.norm)
         if len(self.train_set) < cfg.batch_size * self.world:
             raise TrainingError(
@@ -242,19 +268,25 @@ class Trainer:
                                        pin_memory=self.use_gpu)
         self.steps_per_epoch = len(self.train_loader)
         sliding = cfg.validation == "sliding"
-        val_tf = (segdata.NativeTransform(self.norm.mean, self.norm.std) if sliding
-                  else segdata.EvalTransform(cfg.input_size, self.norm.mean, self.norm.std))
+        clip = self.norm.clip
+        val_tf = (segdata.NativeTransform(self.norm.mean, self.norm.std, clip) if sliding
+                  else segdata.EvalTransform(cfg.input_size, self.norm.mean, self.norm.std, clip))
         val_set = segdata.SegmentationDataset(val_samples, self.meta, val_tf, seed=cfg.seed, train=False)
         shard = torch.utils.data.Subset(val_set, _val_shard(len(val_set), self.rank, self.world))
         # native sizes may differ between images: one image per batch, its windows batched instead
         self.val_loader = DataLoader(shard, batch_size=1 if sliding else cfg.batch_size, num_workers=nw)
-        self.pad_value = segdata.normalised_grey(self.norm.mean, self.norm.std)
+        self.pad_value = segdata.normalised_grey(self.norm.mean, self.norm.std, clip)
 
         if cfg.sync_bn and self.world > 1:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.precision = Precision(self.device, cfg.amp, cfg.channels_last)
         self.model = self.precision.model(model.to(self.device))
-        self.optimizer, self.scheduler = build_optimizer(self.model, cfg, self.steps_per_epoch)
+        self.epochs = cfg.epochs  # a budgeted run re-sizes it (`_fit_to_budget`); the schedule follows
+        self.budget: BudgetClock | None = None
+        self.spent_before = 0.0  # of the budget, by the run this one resumes
+        self.epoch_costs: list[float] = []  # seconds of each epoch but its validation
+        self.val_time = 0.0
+        self.optimizer, self.scheduler = build_optimizer(self.model, cfg, self.steps_per_epoch, lambda: self.epochs)
         self.class_weights = cfg.class_weights
         if cfg.class_weight_exponent is not None:
             freq = data.get("frequencies")
@@ -286,6 +318,9 @@ class Trainer:
         self.history = list(state["history"])
         self.best, self.stale = state["best"], state["stale_epochs"]
         self.start_epoch = state["epoch"] + 1
+        if self.cfg.budget_s:  # the budget goes on from where the run stopped
+            self.epochs = int(state.get("epochs", self.epochs))
+            self.spent_before = float(state.get("spent_s", 0.0))
         # the schedule is defined per epoch: continue at this epoch's start (an elastic run that resumed with
         # another worker count has another number of steps per epoch)
         self.scheduler.last_epoch = self.start_epoch * self.steps_per_epoch
@@ -343,7 +378,8 @@ class Trainer:
             x, y = x.to(self.device), y.to(self.device)
             if self.cfg.validation == "sliding":  # log-probabilities: CE of them is the blended NLL
                 probs = sliding_probabilities(self._forward_eval, x[0], self.cfg.window, self.cfg.val_overlap,
-                                              self.meta.num_classes, self.pad_value, mirror=self.cfg.val_mirror)
+                                              self.meta.num_classes, self.pad_value, mirror=self.cfg.val_mirror,
+                                              scale=self.cfg.scale)
                 logits = torch.log(probs.clamp_min(1e-8))[None]
             else:
                 logits = self._forward_eval(x)
@@ -357,60 +393,99 @@ class Trainer:
         return self.precision.forward(self.model, x)
 
     def fit(self) -> None:
-        cfg = self.cfg
-        if self.start_epoch >= cfg.epochs and self.rank == 0 and self.verbose:
-            print(f"nothing to do: the run already finished {self.start_epoch} of {cfg.epochs} epochs", flush=True)
+        if self.start_epoch >= self.epochs and self.rank == 0 and self.verbose:
+            print(f"nothing to do: the run already finished {self.start_epoch} of {self.epochs} epochs", flush=True)
         places = self._worker_places()  # a collective: every rank takes part
         if self.artifacts is not None:
             self.artifacts.write_workers(places)
+        if self.cfg.budget_s:  # the clock starts here: start-up is not the budget's
+            self.budget = BudgetClock(self.cfg.budget_s, self.spent_before)
         reported = False
         scores: dict[str, Any] | None = None
-        for epoch in range(self.start_epoch, cfg.epochs):
-            if self._should_stop(epoch):
-                break
+        epoch = self.start_epoch
+        while epoch < self.epochs and not self._should_stop(epoch):
             reported = True
-            epoch_start = time.perf_counter()
-            lr = self.scheduler.get_last_lr()[1]
-            train_loss, images, train_time = self._train_epoch(epoch)
-            validate = scores is None or (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs
-            val_start = time.perf_counter()
-            if validate:  # between validations the last scores are carried (validated = 0 in the history)
-                scores = self._validate()
-            metrics = self._epoch_metrics(epoch, lr, train_loss, images, train_time, scores, epoch_start)
-            metrics["validated"] = int(validate)
-            metrics["val_time_s"] = time.perf_counter() - val_start if validate else 0.0
-            value = metrics.get(cfg.metric, float("nan"))
-            if validate and _is_better(value, self.best, cfg.mode):
-                self.best, self.stale = float(value), 0
-            else:
-                self.stale += 1
-            metrics["best_" + cfg.metric] = self.best if self.best is not None else float("nan")
-            metrics["steps"] = (epoch + 1) * self.steps_per_epoch
-            metrics["workers"] = self.world
-            self.history.append(metrics)
-            state = manifest = None
-            if self.rank == 0 and validate:  # a checkpoint is ranked by its own scores, never by carried ones
-                state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                         "scheduler": self.scheduler.state_dict(), "epoch": epoch, "rng": _rng_state(),
-                         "history": self.history, "best": self.best, "stale_epochs": self.stale}
-                manifest = manifest_for(cfg, self.meta, self.model, self.norm, epoch, metrics)
-            report_start = time.perf_counter()
-            self.reporter.report(metrics, state, manifest, epoch + 1,
-                                 functools.partial(self._epoch_stored, metrics, epoch, scores))
-            self.timings["epochs"].append({"epoch": epoch + 1, "train_s": train_time,
-                                           "val_s": metrics["val_time_s"], "collective_s": self._collective_s,
-                                           "report_s": time.perf_counter() - report_start,
-                                           "epoch_s": time.perf_counter() - epoch_start})
-            self._collective_s = 0.0
-            if self._should_stop(epoch + 1) and self.rank == 0 and self.verbose:
-                print(f"early stop: {cfg.metric} did not improve for {self.stale} epochs "
-                      f"({metrics['steps']} steps >= min_steps {cfg.min_steps})", flush=True)
+            scores = self._run_epoch(epoch, scores)
+            epoch += 1
         if not reported and self.history:  # resumed after the end: repeat the last metrics for Tune/Train
             self.reporter.report(self.history[-1], None, None, int(self.history[-1]["epoch"]), lambda _: None)
         if self.artifacts is not None:
+            if self.budget is not None:
+                self.timings["budget"] = {"budget_s": self.budget.budget_s, "spent_s": self.budget.spent(),
+                                          "epochs": epoch, "clock_start": self.budget.started_at}
             self.artifacts.write_json("timings.json", self.timings)
         if self.epoch_logger is not None:
             self.epoch_logger.close()
+
+    def _run_epoch(self, epoch: int, scores: dict[str, Any] | None) -> dict[str, Any]:
+        """Train one epoch, validate when due (always after the first and the last), report and checkpoint."""
+        cfg = self.cfg
+        epoch_start = time.perf_counter()
+        lr = self.scheduler.get_last_lr()[1]
+        train_loss, images, train_time = self._train_epoch(epoch)
+        if self.budget is not None:
+            self._fit_to_budget(epoch + 1, self.epoch_costs or [train_time])
+        validate = scores is None or (epoch + 1) % cfg.val_every == 0 or epoch + 1 == self.epochs
+        val_start = time.perf_counter()
+        if validate:  # between validations the last scores are carried (validated = 0 in the history)
+            scores = self._validate()
+            self.val_time = time.perf_counter() - val_start
+        metrics = self._epoch_metrics(epoch, lr, train_loss, images, train_time, scores, epoch_start)
+        metrics["validated"] = int(validate)
+        metrics["val_time_s"] = time.perf_counter() - val_start if validate else 0.0
+        value = metrics.get(cfg.metric, float("nan"))
+        if validate and _is_better(value, self.best, cfg.mode):
+            self.best, self.stale = float(value), 0
+        else:
+            self.stale += 1
+        metrics["best_" + cfg.metric] = self.best if self.best is not None else float("nan")
+        metrics["steps"] = (epoch + 1) * self.steps_per_epoch
+        metrics["workers"] = self.world
+        metrics["run_epochs"] = self.epochs  # the run's length as planned now (a budget re-sizes it)
+        self.history.append(metrics)
+        state = manifest = None
+        if self.rank == 0 and validate:  # a checkpoint is ranked by its own scores, never by carried ones
+            state = self._state(epoch)
+            manifest = manifest_for(cfg, self.meta, self.model, self.norm, epoch, metrics)
+        report_start = time.perf_counter()
+        self.reporter.report(metrics, state, manifest, epoch + 1,
+                             functools.partial(self._epoch_stored, metrics, epoch, scores))
+        self.timings["epochs"].append({"epoch": epoch + 1, "train_s": train_time, "val_s": metrics["val_time_s"],
+                                       "collective_s": self._collective_s,
+                                       "report_s": time.perf_counter() - report_start,
+                                       "epoch_s": time.perf_counter() - epoch_start})
+        self.epoch_costs.append(time.perf_counter() - epoch_start - metrics["val_time_s"])
+        self._collective_s = 0.0
+        if self._should_stop(epoch + 1) and self.rank == 0 and self.verbose:
+            print(f"early stop: {cfg.metric} did not improve for {self.stale} epochs "
+                  f"({metrics['steps']} steps >= min_steps {cfg.min_steps})", flush=True)
+        return scores
+
+    def _state(self, epoch: int) -> dict[str, Any]:
+        """Everything a resumed run continues from (plain tensors and containers: weights_only loads it)."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "epoch": epoch, "rng": _rng_state(),
+                "history": self.history, "best": self.best, "stale_epochs": self.stale, "epochs": self.epochs,
+                "spent_s": self.budget.spent() if self.budget is not None else 0.0}
+
+    def _fit_to_budget(self, done: int, costs: list[float]) -> None:
+        """Re-size the run (and its learning-rate schedule) to what the budget's rest holds, from the median
+        epoch (training, reporting, checkpoint: all but validation) and the last validation so far; every rank
+        takes the slowest rank's figures, so all agree. When no further epoch fits, this one is the last and
+        validates."""
+        spent, train_s, val_s = self._agree_max([self.budget.spent(), float(np.median(costs)), self.val_time])
+        self.epochs = max(done, epochs_that_fit(done, self.budget.budget_s - spent, train_s, val_s,
+                                                self.cfg.val_every))
+
+    def _agree_max(self, values: list[float]) -> list[float]:
+        """The largest of each value over the ranks (one all-reduce)."""
+        if self.world == 1 or not (dist.is_available() and dist.is_initialized()):
+            return values
+        start = time.perf_counter()
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        self._collective_s += time.perf_counter() - start
+        return tensor.tolist()
 
     def _should_stop(self, epochs_done: int) -> bool:
         """Early stopping: `patience` epochs without improvement, never before `min_steps` optimizer steps."""
@@ -436,10 +511,10 @@ class Trainer:
         return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in metrics.items()}
 
     def _print_epoch(self, m: dict[str, Any], epoch: int) -> None:
-        remaining = (self.cfg.epochs - epoch - 1) * m["epoch_time_s"]
+        remaining = (self.epochs - epoch - 1) * m["epoch_time_s"]
         eta = f"{remaining / 60:.1f} min" if remaining >= 60 else f"{remaining:.0f} s"
         miou = m["val_miou"]
-        print(f"epoch {m['epoch']:>3}/{self.cfg.epochs}  train_loss {m['train_loss']:.4f}  "
+        print(f"epoch {m['epoch']:>3}/{self.epochs}  train_loss {m['train_loss']:.4f}  "
               f"val_loss {m['val_loss']:.4f}  mIoU {miou if math.isfinite(miou) else float('nan'):.4f}  "
               f"lr {m['lr']:.3g}  {m['images_per_s']:.1f} img/s  {m['epoch_time_s']:.1f} s  ETA {eta}",
               flush=True)

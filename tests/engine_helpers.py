@@ -35,3 +35,39 @@ def kill_a_train_worker_when(ready, thread, timeout: float = 300) -> None:
     thread.join(timeout=400)
     assert not thread.is_alive(), "the job did not finish after the kill"
 
+
+
+def write_shapes_dataset(root, *, n_train: int = 6, n_val: int = 2, size: int = 64, seed: int = 0,
+                         line_px: int = 3, disc_radius: int = 7, classes=("background", "line", "disc")):
+    """A tiny non-membrane set in the tutorial layout: grey images with `line_px`-thick lines (class 1) and discs
+    of radius `disc_radius` (class 2), index labels, a dataset.yaml naming the classes; each class has its own
+    grey level plus noise, so a small model learns it in a few steps. Returns the root."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    names = [f"s{i}" for i in range(n_train + n_val)]
+    for name in names:
+        label = np.zeros((size, size), np.uint8)
+        for _ in range(2):  # two lines, one horizontal and one vertical, away from the edges
+            at = int(rng.integers(8, size - 8 - line_px))
+            label[at:at + line_px, 4:size - 4] = 1
+            at = int(rng.integers(8, size - 8 - line_px))
+            label[4:size - 4, at:at + line_px] = 1
+        yy, xx = np.mgrid[0:size, 0:size]
+        for _ in range(2):
+            cy, cx = (int(v) for v in rng.integers(disc_radius + 2, size - disc_radius - 2, 2))
+            label[(yy - cy) ** 2 + (xx - cx) ** 2 <= disc_radius ** 2] = 2
+        image = np.array([60, 200, 130], np.float32)[label] + rng.normal(0, 12, label.shape)
+        for folder, array in (("Images", image.clip(0, 255).astype(np.uint8)), ("Labels", label)):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).save(root / folder / f"{name}.png")
+    splits = root / "ImageSets" / "Segmentation"
+    splits.mkdir(parents=True, exist_ok=True)
+    (splits / "train.txt").write_text("\n".join(names[:n_train]) + "\n")
+    (splits / "val.txt").write_text("\n".join(names[n_train:]) + "\n")
+    (root / "dataset.yaml").write_text(f"classes: [{', '.join(classes)}]\nlabel_mode: index\n")
+    return root

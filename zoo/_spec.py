@@ -22,11 +22,18 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class Normalization:
-    """Per-channel mean and std in 0..255 pixel units: the data pipeline computes (x - mean) / std."""
+    """Per-channel mean and std in 0..255 pixel units: the data pipeline computes (x - mean) / std, after clipping
+    to [low, high] when they are given (a normalisation planned from a dataset's intensities)."""
 
     name: str
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    low: tuple[float, ...] | None = None
+    high: tuple[float, ...] | None = None
+
+    @property
+    def clip(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        return (self.low, self.high) if self.low is not None and self.high is not None else None
 
     def for_channels(self, n: int) -> Normalization:
         """The same normalisation for n input channels: grey images use the channel average, more channels repeat."""

@@ -84,18 +84,20 @@ class Predictor:
         norm = manifest["normalization"]
         self.mean = [float(v) for v in norm["mean"]]
         self.std = [float(v) for v in norm["std"]]
+        clip = (norm["low"], norm["high"]) if "low" in norm else None  # a planned normalisation clips first
         colors = list(manifest.get("colors") or [])
         if len(colors) < self.num_classes:
             colors = default_palette(self.num_classes)
         self.palette = np.asarray(colors[: self.num_classes], np.uint8).reshape(self.num_classes, 3)
         self.multiple = multiple
-        self.transform = segdata.EvalTransform(self.input_size, self.mean, self.std)
-        self.native = segdata.NativeTransform(self.mean, self.std)
-        self.pad_value = segdata.normalised_grey(self.mean, self.std)
+        self.transform = segdata.EvalTransform(self.input_size, self.mean, self.std, clip)
+        self.native = segdata.NativeTransform(self.mean, self.std, clip)
+        self.pad_value = segdata.normalised_grey(self.mean, self.std, clip)
         self.inference = {"mode": recorded.get("mode", "letterbox"),
                           "window": [int(v) for v in recorded.get("window", self.input_size)],
                           "overlap": float(recorded.get("overlap", 0.25)),
-                          "mirror": bool(recorded.get("mirror", False))}
+                          "mirror": bool(recorded.get("mirror", False)),
+                          "scale": float(recorded.get("scale", 1.0))}
 
     @classmethod
     def from_checkpoint(cls, path: str, plugin_refs: Sequence[str] | None = None, verbose: bool = True,
@@ -159,7 +161,8 @@ class Predictor:
             raise InferenceError(f"--overlap {overlap}: use a fraction from 0 (no overlap) to below 1, e.g. 0.25")
         x = torch.from_numpy(self._normalise(image)).to(self.device)
         probs = sliding_probabilities(self.forward, x, self.inference["window"], overlap, self.num_classes,
-                                      self.pad_value, batch=self.batch_size, mirror=self.inference["mirror"])
+                                      self.pad_value, batch=self.batch_size, mirror=self.inference["mirror"],
+                                      scale=self.inference["scale"])
         return probs.cpu().numpy()
 
     def batch_scores(self, images: Sequence[np.ndarray], *, tile: bool | None = None,

@@ -23,6 +23,7 @@ class ProgressLines(Callback):
     def __init__(self, metric: str, searched: dict[str, tuple[str, str]]):
         self.metric, self.searched = metric, searched
         self.start = time.perf_counter()
+        self.completed: set[str] = set()  # trials that ended on their own or by the scheduler (not by the budget)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.line(trial, f"epoch {result.get('epoch', '?'):>3}  {self.metric} "
@@ -30,6 +31,7 @@ class ProgressLines(Callback):
                          f"{result.get('val_loss', float('nan')):.4f}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self.completed.add(trial.trial_id)
         self.line(trial, "done")
 
     def on_trial_error(self, iteration, trials, trial, **info):

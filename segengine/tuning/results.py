@@ -56,8 +56,21 @@ def exploit_count(tune_dir: str) -> int:
     return len(storage.read_text(path).splitlines()) if storage.exists(path) else 0
 
 
-def _row(result, cfg: TrainConfig, tune_dir: str, searched: dict[str, tuple[str, str]], max_epochs: int
-         ) -> tuple[dict[str, Any], tuple[list, list]]:
+def _status(result, hist, epochs: list, max_epochs: int, completed: set[str] | None) -> str:
+    """finished, stopped (by the scheduler), cut (by the search's time budget), not started, or error."""
+    trial_id = result.path.rstrip("/").rsplit("/", 1)[-1]
+    if result.error:
+        return "error"
+    if not epochs:
+        return "not started"
+    if completed is not None and trial_id not in completed:
+        return "cut"
+    last = int(hist["run_epochs"].iloc[-1]) if "run_epochs" in hist.columns else max_epochs
+    return "stopped" if max(epochs) < min(last, max_epochs) else "finished"
+
+
+def _row(result, cfg: TrainConfig, tune_dir: str, searched: dict[str, tuple[str, str]], max_epochs: int,
+         completed: set[str] | None) -> tuple[dict[str, Any], tuple[list, list]]:
     """One trial's results row and its (epochs, metric values) curve."""
     metric, mode = cfg.metric, cfg.mode
     trial_id = result.path.rstrip("/").rsplit("/", 1)[-1]
@@ -67,26 +80,30 @@ def _row(result, cfg: TrainConfig, tune_dir: str, searched: dict[str, tuple[str,
     epochs = hist["epoch"].tolist() if hist is not None else []
     finite = [v for v in values if v == v]
     best_value = (max(finite) if mode == "max" else min(finite)) if finite else float("nan")
-    status = "error" if result.error else ("stopped" if len(epochs) and max(epochs) < max_epochs and
-                                             len(epochs) < max_epochs else "finished")
+    status = _status(result, hist, epochs, max_epochs, completed)
+    seconds = float(hist["time_total_s"].iloc[-1]) if hist is not None and "time_total_s" in hist.columns else 0.0
     startup = (float(hist["time_this_iter_s"].iloc[0] - hist["epoch_time_s"].iloc[0])
                if hist is not None and "time_this_iter_s" in hist.columns and len(hist) else float("nan"))
     row = {"trial": trial_id, **{k: sampled_value(result.config, where) for k, where in searched.items()},
            "startup_s": startup, f"best_{metric}": best_value, "epochs": int(max(epochs)) if epochs else 0,
-           "status": status, "error": str(result.error).splitlines()[-1][:200] if result.error else "",
+           "minutes": seconds / 60, "status": status,
+           "error": str(result.error).splitlines()[-1][:200] if result.error else "",
            "run_dir": trial_run_dir(tune_dir, trial_id, cfg.workers),
            "checkpoint": best_checkpoint(result, metric, mode), "_config": result.config}
     return row, (epochs, values)
 
 
 def finish(grid, cfg: TrainConfig, num_classes: int, tune_dir: str, searched: dict[str, tuple[str, str]],
-           max_epochs: int, interrupted: bool, pbt: bool = False) -> dict[str, Any]:
-    """Results table (printed + CSV) from Tune's ResultGrid, best.yaml, curves plot."""
+           max_epochs: int, interrupted: bool, pbt: bool = False, budget: tuple[float, float] | None = None,
+           completed: set[str] | None = None) -> dict[str, Any]:
+    """Results table (printed + CSV) from Tune's ResultGrid, best.yaml, curves plot; `budget`: (the search's time
+    budget, the seconds it ran) and `completed`, the trials Tune completed (the others were cut by the budget)."""
     metric, mode = cfg.metric, cfg.mode
     sign = 1 if mode == "max" else -1
     rows, curves = [], {}
     for result in grid:
-        row, curves[row["trial"]] = _row(result, cfg, tune_dir, searched, max_epochs)
+        row, curve = _row(result, cfg, tune_dir, searched, max_epochs, completed if budget else None)
+        curves[row["trial"]] = curve
         rows.append(row)
     rows.sort(key=lambda r: (-sign * r[f"best_{metric}"]) if r[f"best_{metric}"] == r[f"best_{metric}"] else math.inf)
     best_id = _best_trial(grid, metric, mode)
@@ -94,6 +111,8 @@ def finish(grid, cfg: TrainConfig, num_classes: int, tune_dir: str, searched: di
     best_ckpt = best["checkpoint"] if best else None
     exploits = exploit_count(tune_dir) if pbt else 0
     print("\n" + write_results(rows, searched, metric, tune_dir))
+    if budget:
+        print(budget_line(rows, *budget))
     if best is not None:
         _write_best(best, cfg, num_classes, tune_dir, pbt)
     if pbt:
@@ -134,7 +153,7 @@ def _write_best(best: dict[str, Any], cfg: TrainConfig, num_classes: int, tune_d
 
 def write_results(rows: list[dict[str, Any]], searched: dict[str, tuple[str, str]], metric: str, tune_dir: str
                   ) -> str:
-    cols = ["trial", *searched, f"best_{metric}", "epochs", "status", "error"]
+    cols = ["trial", *searched, f"best_{metric}", "epochs", "minutes", "status", "error"]
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=cols, extrasaction="ignore")
     writer.writeheader()
@@ -146,6 +165,16 @@ def write_results(rows: list[dict[str, Any]], searched: dict[str, tuple[str, str
     lines = ["  ".join(c.ljust(w) for c, w in zip(shown, widths, strict=True))]
     lines += ["  ".join(x.ljust(w) for x, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join(lines)
+
+
+def budget_line(rows: list[dict[str, Any]], budget_s: float, wall_s: float) -> str:
+    """How a search's time budget was spent: wall time, trial time, and how the trials ended."""
+    counts = {s: sum(1 for r in rows if r["status"] == s) for s in ("finished", "stopped", "cut", "not started",
+                                                                    "error")}
+    ended = ", ".join(f"{n} {status}" for status, n in counts.items() if n)
+    trial_minutes = sum(r["minutes"] for r in rows)
+    return (f"budget           {wall_s / 60:.1f} of {budget_s / 60:.1f} min ({trial_minutes:.1f} trial-minutes): "
+            f"{len(rows)} trials: {ended} (stopped: by the scheduler; cut: by the budget)")
 
 
 def _plot(curves: dict[str, tuple[list, list]], metric: str, max_epochs: int, tune_dir: str) -> None:

@@ -12,6 +12,7 @@ from ray import tune
 from segengine import ray_adapter, storage, tracking
 from segengine.cluster import alive_node_ips, check_storage_for_cluster
 from segengine.config import TrainConfig
+from segengine.planning import Plan
 from segengine.runprep import PreparedRun, RunError, prepare, save_config
 from segengine.search_config import SEARCH_FILE, SearchConfig
 from segengine.tuning.factories import make_scheduler, make_searcher, plan_concurrency
@@ -77,8 +78,9 @@ def _tuner(settings: SearchConfig, prep: PreparedRun, trainable, space: dict, ca
 
 
 def tune_run(settings: SearchConfig, *, name: str | None, storage_root: str, address: str | None,
-             resume: bool, overwrite: bool) -> dict[str, Any]:
-    """Run (or resume) a search; returns the results rows, the best row and paths."""
+             resume: bool, overwrite: bool, plan: Plan | None = None) -> dict[str, Any]:
+    """Run (or resume) a search (`plan`: the plan it came from, saved in the search folder); returns the results
+    rows, the best row and paths."""
     base = _base_config(settings, name, storage_root, address)
     exponent_searched = settings.class_weights.inverse_frequency_exponent is not None
     prep = prepare(base, resume=resume, overwrite=overwrite,
@@ -90,6 +92,8 @@ def tune_run(settings: SearchConfig, *, name: str | None, storage_root: str, add
         resources, concurrent = plan_concurrency(settings, ray_adapter.cluster_capacity(), use_gpu)
         if not resume:  # only once the search can start: a refused one leaves nothing behind
             save_config(tune_dir, cfg)
+            if plan is not None:
+                plan.save(tune_dir)
             sections = yaml.safe_dump(settings.search_sections(), sort_keys=False)
             storage.write_bytes(storage.join(tune_dir, SEARCH_FILE), sections.encode())
         space = param_space(settings, cfg, prep.meta)
@@ -102,12 +106,14 @@ def tune_run(settings: SearchConfig, *, name: str | None, storage_root: str, add
             trial_func, data=prep.data, tune_dir=tune_dir, use_gpu=use_gpu), resources)
         tuner = _tuner(settings, prep, trainable, space,
                        [progress, *tracking.tune_callbacks(cfg, cfg.name, tune_dir)], concurrent, start, resume)
+        began = time.perf_counter()
         try:
             with tune_output_off():
                 grid = tuner.fit()  # Tune turns Ctrl-C into a clean stop and returns the results so far
         except KeyboardInterrupt:
             grid = tune.Tuner.restore(storage.join(cfg.storage, cfg.name), trainable).get_results()
         interrupted = grid.num_terminated + grid.num_errors < len(grid)
+        budget = (settings.time_budget_s, time.perf_counter() - began) if settings.time_budget_s else None
         return finish(grid, cfg, prep.meta.num_classes, tune_dir, searched, settings.max_epochs, interrupted,
-                      pbt=settings.scheduler.type == "pbt")
+                      pbt=settings.scheduler.type == "pbt", budget=budget, completed=progress.completed)
 

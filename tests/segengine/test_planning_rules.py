@@ -1,0 +1,126 @@
+"""The planning rules as pure functions: what thin, compact, upright and many-class data decide, and how a budget
+and a probed step time become steps, epochs and a validation cadence."""
+
+import pytest
+
+from segdata.fingerprint import ClassFingerprint, Fingerprint
+from segengine.planning import rules
+from segengine.search_config import SearchConfig
+
+CPU2 = rules.Resources(cpus=2, gpus=0, nodes=1, bf16=True, where="this machine")
+
+
+def _pct(p50: float, spread: float = 0.3) -> dict[str, float]:
+    keys = {"p0.5": -2, "p1": -2, "p5": -1.5, "p10": -1.2, "p25": -0.6, "p50": 0, "p75": 0.6, "p90": 1.2,
+            "p95": 1.5, "p99": 2, "p99.5": 2}
+    return {k: p50 * (1 + spread * z) for k, z in keys.items()}
+
+
+def _class(name, share, thickness, diameter, vertical=0.5, grey=100.0):
+    stats = {"pixels": 1000, "mean": grey, "std": 20.0, "clipped_mean": grey, "clipped_std": 20.0, **_pct(grey)}
+    return ClassFingerprint(name=name, share=share, image_share=1.0, thickness=_pct(thickness),
+                            object_area=_pct(diameter ** 2), object_diameter=_pct(diameter), objects_per_image=5,
+                            vertical_position=vertical, intensity=[stats])
+
+
+def _fp(classes, size=(512, 512), channels=1):
+    stats = {"pixels": 10**6, "mean": 100.0, "std": 40.0, "clipped_mean": 101.0, "clipped_std": 38.0,
+             **{k: v for k, v in _pct(100.0, 0.45).items()}}
+    return Fingerprint(root="x", digest="d", images=20, images_measured=20, height=_pct(size[0], 0),
+                       width=_pct(size[1], 0), channels=channels, bit_depth=8, intensity=[stats] * channels,
+                       classes=classes, ignored_share=0.0, label_mode="index", seconds=0.1)
+
+
+THIN = _fp([_class("background", 0.78, 40, 80), _class("membrane", 0.22, 5, 280)])
+COMPACT = _fp([_class("background", 0.8, 150, 1200), _class("nucleus", 0.2, 60, 95)], size=(1024, 1344))
+LARGE = _fp([_class("background", 0.6, 150, 1200), _class("polyp", 0.4, 200, 380)], size=(1024, 1024))
+STREET = _fp([_class("sky", 0.2, 60, 200, vertical=0.15), _class("road", 0.5, 100, 300, vertical=0.8),
+              _class("pole", 0.01, 3, 20, vertical=0.45), _class("sign", 0.004, 6, 12)], size=(360, 480), channels=3)
+
+
+def test_thin_structures_keep_native_resolution_and_full_resolution_skips():
+    draft = rules.data_rules(THIN, CPU2, None, 16)
+    assert draft.train["scale"] == 1.0 and draft.train["encoder"] == "unet"
+    assert "'membrane' is 5 px thick" in _reason(draft, "scale")
+    crop = draft.train["input_size"][0]
+    assert crop >= 2 * 80 * 0.6 * 1.6 // 1 and crop <= 512  # the background's objects (p75 ~ 1.18 x 80), not the
+    assert "'background'" in _reason(draft, "input_size")  # membrane network's extent
+
+
+def test_compact_objects_that_fit_the_receptive_field_stay_native_and_large_ones_are_downscaled():
+    compact = rules.data_rules(COMPACT, CPU2, None, 16)
+    assert compact.train["scale"] == 1.0 and 192 <= compact.train["input_size"][0] <= 256
+    large = rules.data_rules(LARGE, CPU2, None, 16)
+    assert large.train["scale"] < 1 and 380 * 1.18 * large.train["scale"] <= rules.RECEPTIVE_FIELD
+    side = int(1024 * large.train["scale"])
+    assert large.train["val_window"] == [side, side]  # windows on the resampled image
+
+
+def test_upright_many_class_colour_scenes_get_their_own_augmentation_and_class_balance():
+    street = rules.data_rules(STREET, CPU2, None, 16)
+    aug = street.train["augment"]
+    assert aug["vflip"] == 0 and not aug["rot90"] and aug["hue"] > 0 and "noise" not in aug
+    assert "'sky' sits at 0.15" in _reason(street, "augment")
+    assert street.train["class_aware"] == 0.5 and street.train["class_weight_exponent"] == 0.5
+    grey = rules.data_rules(THIN, CPU2, None, 16)
+    assert grey.train["augment"]["rot90"] and grey.train["augment"]["vflip"] == 0.5
+    assert grey.train["class_aware"] == 0 and "class_weight_exponent" not in grey.train
+    assert grey.train["normalization"]["low"] == [THIN.intensity[0]["p0.5"]]
+
+
+def test_workers_follow_the_resources():
+    assert rules.data_rules(THIN, CPU2, None, 16).train["workers"] == 2
+    gpus = rules.Resources(cpus=16, gpus=4, nodes=2, bf16=True, where="cluster")
+    draft = rules.data_rules(THIN, gpus, None, 16)
+    assert draft.train["workers"] == 4 and draft.train["cpus_per_worker"] == 4 and draft.train["batch_size"] == 8
+    assert rules.data_rules(THIN, CPU2, 1, 16).train["workers"] == 1
+
+
+def _timed(draft, step_s, window_s=0.1, val_images=5):
+    return rules.Timing(step_s, window_s, val_images, 1, draft.train["workers"])
+
+
+@pytest.mark.parametrize("budget_s, step_s", [(900, 0.5), (3600, 0.5), (900, 0.2)])
+def test_a_budget_becomes_steps_epochs_and_a_validation_cadence(budget_s, step_s):
+    draft = rules.data_rules(THIN, CPU2, None, 16)
+    rules.time_rules(draft, _timed(draft, step_s), budget_s)
+    t = draft.train
+    steps = t["epochs"] * t["samples_per_epoch"] // (t["batch_size"] * t["workers"])
+    assert steps * step_s <= budget_s * (1 - rules.VAL_SHARE) * 1.001
+    assert steps * step_s >= budget_s * (1 - rules.VAL_SHARE) * 0.9  # the budget is filled, not wasted
+    assert t["budget_s"] == budget_s and t["patience"] >= t["epochs"] and t["warmup_steps"] <= 100
+    assert t["epochs"] // t["val_every"] >= min(rules.MIN_VALIDATIONS, t["epochs"])
+
+
+def test_slow_validation_is_spaced_out_and_a_short_budget_shrinks_the_crop():
+    draft = rules.data_rules(THIN, CPU2, None, 16)
+    rules.time_rules(draft, _timed(draft, 0.5, window_s=3.0), 3600)
+    assert draft.train["val_every"] > 1
+    short = rules.data_rules(THIN, CPU2, None, 16)
+    before = short.train["input_size"][0]
+    timing = rules.afford_crop(short, _timed(short, 2.0), 600, 16, 0)
+    assert short.train["input_size"][0] < before and timing.step_s < 2.0
+    assert "leave" in _reason(short, "input_size")
+
+
+def test_the_planned_search_is_valid_starts_from_the_recipe_and_names_no_class():
+    draft = rules.data_rules(STREET, CPU2, None, 16)
+    rules.time_rules(draft, _timed(draft, 0.5), 900)
+    sections, _ = rules.search_rules(draft, 900, 1)
+    config = SearchConfig.parse({"train": draft.train, **sections}, "plan")
+    assert config.time_budget_s == 1800 and config.train.budget_s == 900
+    assert config.scheduler.grace_period == max(1, draft.train["epochs"] // 4)
+    assert "class_weight_exponent" in config.search and not config.class_weights.per_class
+    lo, hi = config.search["lr"]["loguniform"]
+    assert lo < draft.train["lr"] < hi
+
+
+def test_same_inputs_same_plan():
+    first, second = rules.data_rules(STREET, CPU2, None, 16), rules.data_rules(STREET, CPU2, None, 16)
+    rules.time_rules(first, _timed(first, 0.4), 900)
+    rules.time_rules(second, _timed(second, 0.4), 900)
+    assert first.train == second.train and first.decisions == second.decisions
+
+
+def _reason(draft, key):
+    return next(d.reason for d in draft.decisions if d.key == key)
