@@ -186,10 +186,11 @@ def _one_line_warnings() -> None:
 
 
 def _respect_no_color() -> None:
-    """NO_COLOR (https://no-color.org): Ray's prefixes of worker lines ("(RayTrainWorker pid=...)") uncoloured."""
+    """Ray's prefixes of worker lines ("(RayTrainWorker pid=...)") in colour only on a terminal, and never with
+    NO_COLOR (https://no-color.org): output redirected to a file or a pipe carries no escape codes."""
     import os
 
-    if os.environ.get("NO_COLOR"):
+    if os.environ.get("NO_COLOR") or not sys.stdout.isatty():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
 
 

@@ -6,6 +6,8 @@ checkpoint at native resolution on the validation split and on the training spli
     python benchmarks/reference_accuracy.py isbi --encoder mini        # the same recipe with another encoder
     python benchmarks/reference_accuracy.py camvid
     python benchmarks/reference_accuracy.py tutorial                   # `train --encoder mobilenet ...` of issue 10
+    python benchmarks/reference_accuracy.py isbi-planned               # no config: `train --data DIR --budget 15m`
+    python benchmarks/reference_accuracy.py nuclei                     # tune_configs/nuclei.yaml (by hand)
     python benchmarks/reference_accuracy.py isbi --holdout 5           # choose settings: the last 5 training
                                                                        # images as validation, val never seen
 
@@ -30,6 +32,11 @@ ROWS = {
     "camvid": (["--config", "tune_configs/camvid.yaml"], "camvid"),
     "tutorial": (["--encoder", "mobilenet", "--workers", "2", "--epochs", "30", "--input-size", "256", "256"],
                  "isbi2012"),
+    "nuclei": (["--config", "tune_configs/nuclei.yaml"], "nuclei"),
+    # no config: the plan (docs/planning.md), within the budgets of issue 22's targets
+    "isbi-planned": (["--budget", "15m"], "isbi2012"),
+    "nuclei-planned": (["--budget", "15m"], "nuclei"),
+    "camvid-planned": (["--budget", "30m"], "camvid"),
 }
 
 
@@ -88,7 +95,8 @@ def main() -> int:
     train_time = sum(float(h["epoch_time_s"]) for h in history)
     print(f"\nrow {a.row}: encoder {manifest['encoder']}, crop {'x'.join(map(str, manifest['input_size']))}, "
           f"{steps} steps in {len(history)} epochs, training {train_time / 60:.1f} min, wall {wall / 60:.1f} min "
-          f"(2 workers on this machine), best epoch {manifest['epoch'] + 1}, scored {val['inference']['mode']} at "
+          f"({manifest['config']['workers']} workers on this machine), best epoch {manifest['epoch'] + 1}, "
+          f"scored {val['inference']['mode']} at "
           "native resolution")
     width = max(len(n) for n in val["class_names"])
     print(f"{'class':<{width}}  val IoU  train IoU")

@@ -43,6 +43,7 @@ from PIL import Image
 import segdata
 from segdata.files import to_channels
 from segdata.resolve import cache_dir
+from segengine.config import parse_duration
 from segengine.metrics import confusion_matrix, scores_from_confusion
 
 REPO = Path(__file__).resolve().parents[1]
@@ -145,14 +146,6 @@ class nnUNetTrainer_Budget(nnUNetTrainer):
         self.print_to_log_file("final validation skipped by nnUNetTrainer_Budget (fold all: it would predict the "
                                "training cases)")
 '''
-
-
-def parse_budget(text: str) -> float:
-    """'15m', '90s', '1.5h' or plain seconds -> seconds."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
-    if not match or float(match[1]) <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a duration such as 90s, 15m or 1h")
-    return float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[match[2]]
 
 
 def stream(argv: list[str], *, tag: str, log: Path, env: dict[str, str] | None = None,
@@ -503,7 +496,7 @@ def main() -> int:
     if a.skip_ours and a.skip_nnunet:
         ap.error("--skip-ours and --skip-nnunet together leave nothing to run")
     try:
-        a.budget_s = parse_budget(a.budget)
+        a.budget_s = parse_duration(a.budget)
     except argparse.ArgumentTypeError as exc:
         ap.error(f"--budget {exc}")
     folder = segdata.open_dataset(segdata.resolve_data(a.data))

@@ -127,8 +127,8 @@ def plan(args: argparse.Namespace) -> int:
 
     flags = {k: v for k, v in vars(args).items() if k in ("data", "num_classes", "label_mode", "threshold",
                                                           "ignore_index") and v is not None}
-    result = _plan(args, {**flags, "workers": args.workers, "address": args.address},
-                   args.budget_s or DEFAULT_BUDGET_S)
+    run = {k: v for k, v in (("workers", args.workers), ("address", args.address)) if v is not None}
+    result = _plan(args, {**flags, **run}, args.budget_s or DEFAULT_BUDGET_S)
     out = Path(args.out)
     out.write_text(result.to_yaml())
     print(f"wrote {out}\n  python launch.py train --config {out}    (within {format_duration(result.budget_s)})\n"

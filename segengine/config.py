@@ -384,7 +384,7 @@ def wandb_mode(settings: dict[str, str]) -> str:
 
 
 TRACKING_KEYS = {
-    "mlflow": {"uri": "tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns)",
+    "mlflow": {"uri": "tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<storage>/mlflow.db)",
                "experiment": "experiment name (default: unet-zoo; for tune, the search's name)"},
     "wandb": {"project": "project (default: unet-zoo; for tune, the search's name)",
               "mode": "online, offline or disabled (default: online)", "entity": "team or user",

@@ -139,8 +139,9 @@ def check_model(cfg: TrainConfig, meta: segdata.DatasetMeta) -> None:
     try:
         zoo.create_model(cfg.encoder, meta.num_classes, in_channels=meta.in_channels, weights=cfg.weights,
                          **cfg.encoder_kwargs)
-    except zoo.ZooError as exc:
-        raise ConfigError(f"encoder '{cfg.encoder}': {exc}") from None
+    except zoo.ZooError as exc:  # the zoo's messages mostly name the encoder already: say it once
+        named = str(exc).startswith(f"encoder '{cfg.encoder}'")
+        raise ConfigError(str(exc) if named else f"encoder '{cfg.encoder}': {exc}") from None
     except TypeError as exc:  # an argument the builder does not take
         raise ConfigError(f"encoder_kwargs {cfg.encoder_kwargs} for encoder '{cfg.encoder}': {exc}") from None
 

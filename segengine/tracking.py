@@ -41,8 +41,12 @@ def _import(package: str):
 
 def _mlflow_client(uri: str):
     _import("mlflow")
+    import logging
+
     from mlflow.tracking import MlflowClient
 
+    for name in ("mlflow.store.db.utils", "alembic"):  # "Creating initial MLflow database tables..." on first use
+        logging.getLogger(name).setLevel(logging.WARNING)
     return MlflowClient(tracking_uri=uri)
 
 
@@ -55,8 +59,30 @@ def _flat(prefix: str, value: Any) -> dict[str, str]:
     return {prefix: json.dumps(value)[:6000] if not isinstance(value, str) else value[:6000]}
 
 
-def _mlflow_uri(settings: dict[str, str]) -> str:
-    return settings.get("uri") or os.environ.get("MLFLOW_TRACKING_URI") or storage.resolve("mlruns")
+MLFLOW_DB = "mlflow.db"  # the default store: SQLite beside the runs (MLflow 3's file store ./mlruns is retired)
+MLFLOW_ARTIFACTS = "mlflow-artifacts"
+
+
+def _mlflow_uri(settings: dict[str, str], storage_root: str) -> str:
+    """`uri`, else $MLFLOW_TRACKING_URI, else a SQLite database in the runs' storage (or this folder, when the
+    storage is object storage)."""
+    if settings.get("uri") or os.environ.get("MLFLOW_TRACKING_URI"):
+        return settings.get("uri") or os.environ["MLFLOW_TRACKING_URI"]
+    folder = storage.resolve("." if storage.is_uri(storage_root) else storage_root)
+    os.makedirs(folder, exist_ok=True)
+    return f"sqlite:///{os.path.join(folder, MLFLOW_DB)}"
+
+
+def _mlflow_experiment(client, name: str, uri: str) -> str:
+    """The experiment's id, created on first use; in the default SQLite store its artifacts go beside the
+    database (MLflow would put them in ./mlruns of whatever folder the driver runs in)."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if uri.startswith("sqlite:///") and uri.endswith(MLFLOW_DB):
+        location = "file://" + os.path.join(os.path.dirname(uri[len("sqlite:///"):]), MLFLOW_ARTIFACTS)
+    return client.create_experiment(name, artifact_location=location)
 
 
 def _wandb_dir(settings: dict[str, str], run_folder: str) -> str:
@@ -68,15 +94,14 @@ def _start_mlflow(cfg: TrainConfig, run_dir: str, settings: dict[str, str], reco
                   ) -> dict[str, str]:
     from mlflow.entities import Param
 
-    uri = _mlflow_uri(settings)
+    uri = _mlflow_uri(settings, cfg.storage)
     experiment = settings.get("experiment", "unet-zoo")
-    client = _mlflow_client(uri)
     try:
+        client = _mlflow_client(uri)
         if recorded.get("run_id"):
             client.update_run(recorded["run_id"], status="RUNNING")
             return {"uri": uri, "run_id": recorded["run_id"]}
-        found = client.get_experiment_by_name(experiment)
-        experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+        experiment_id = _mlflow_experiment(client, experiment, uri)
         run = client.create_run(experiment_id, run_name=cfg.name, tags={"unet_zoo.run_dir": run_dir,
                                                                          "unet_zoo.encoder": cfg.encoder})
         params = [Param(k, v) for k, v in sorted(_flat("", cfg.to_dict()).items())]
@@ -235,9 +260,14 @@ def tune_callbacks(cfg: TrainConfig, search_name: str, search_dir: str) -> list[
         _import("mlflow")
         from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-        callbacks.append(MLflowLoggerCallback(
-            tracking_uri=_mlflow_uri(settings),
-            experiment_name=settings.get("experiment") or search_name, tags={"unet_zoo.search": search_name}))
+        uri, experiment = _mlflow_uri(settings, cfg.storage), settings.get("experiment") or search_name
+        try:
+            _mlflow_experiment(_mlflow_client(uri), experiment, uri)
+        except Exception as exc:  # as for train: one line naming the URI, before any trial starts
+            raise ConfigError(f"tracking.mlflow: cannot open experiment {experiment!r} at {uri}: "
+                              f"{one_line(exc)}") from None
+        callbacks.append(MLflowLoggerCallback(tracking_uri=uri, experiment_name=experiment,
+                                              tags={"unet_zoo.search": search_name}))
     if "wandb" in tracking:
         settings = tracking["wandb"]
         _import("wandb")

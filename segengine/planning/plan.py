@@ -15,10 +15,11 @@ import plugins
 import segdata
 import zoo
 from segdata.fingerprint import Fingerprint, fingerprint
+from segdata.resolve import cache_dir
 from segengine import storage
 from segengine.config import TrainConfig, format_duration
 from segengine.planning import rules
-from segengine.planning.probe import ProbeResult, probe
+from segengine.planning.probe import ProbeResult, cached_probe
 from segengine.planning.resources import cluster_resources, local_resources
 from segengine.search_config import SearchConfig
 
@@ -64,7 +65,8 @@ class Plan:
                  f"resources: {res.cpus} CPU(s), {res.gpus} GPU(s) on {res.where}, "
                  f"{'bf16' if res.bf16 else 'fp32'}",
                  f"# probe: {self.probe.encoder} {self.probe.crop[0]}x{self.probe.crop[1]} batch {self.probe.batch}: "
-                 f"{self.probe.step_s:.3f} s/step on {self.probe.threads} thread(s), {self.probe.precision}",
+                 f"{self.probe.step_s:.3f} s/step, {self.probe.val_image_s:.2f} s per validation image, on "
+                 f"{self.probe.threads} thread(s), {self.probe.precision}",
                  "#   python launch.py train --config plan.yaml    (this recipe, within "
                  f"{format_duration(self.budget_s)})",
                  f"#   python launch.py tune --config plan.yaml     (the search around it, within "
@@ -87,7 +89,8 @@ class Plan:
         head = (f"plan       {fp.images} training images {w}x{h}, {fp.channels} channel(s); "
                 f"{self.resources.cpus} CPU(s) {self.resources.gpus} GPU(s) on {self.resources.where}; budget "
                 f"{format_duration(self.budget_s)}; planned in {self.seconds:.1f} s (fingerprint "
-                f"{'cached' if fp.cached else f'{fp.seconds:.1f} s'}, probe {self.probe.seconds:.1f} s)")
+                f"{'cached' if fp.cached else f'{fp.seconds:.1f} s'}, probe "
+                f"{'cached' if self.probe.cached else f'{self.probe.seconds:.1f} s'})")
         shown = [d for d in self.decisions if d.key in SHOWN]
         width = max(len(d.key) for d in shown)
         rows = [f"  {d.key:<{width}}  {_short(d.value):<22} {d.reason}" for d in shown]
@@ -128,20 +131,19 @@ def make_plan(base: TrainConfig, *, budget_s: float, workers: int | None = None,
                                   threshold=base.threshold, ignore_index=base.ignore_index,
                                   val_fraction=base.val_fraction)
     train = segdata.validated_samples(folder, base.train_split, base.skip_bad)
-    val_images = len(folder.samples(base.val_split))
+    val = folder.samples(base.val_split) or train
     fp = fingerprint(train, folder.meta)
     resources = cluster_resources(address) if address else local_resources()
     multiple = zoo.get_spec(rules.ENCODER).input_multiple
     draft = rules.data_rules(fp, resources, workers, multiple)
     cfg = _probe_config(draft, base)
     threads = draft.train["cpus_per_worker"]
-    measured = probe(cfg, train, folder.meta, threads=threads, steps=PROBE_STEPS)
+    measured = cached_probe(cfg, train, val[0], folder.meta, threads=threads, dataset_digest=fp.digest,
+                            cache_dir=cache_dir(), steps=PROBE_STEPS)
     per_node = max(1, draft.train["workers"] // max(1, resources.nodes))
     slowdown = rules.PARALLEL_SLOWDOWN if per_node > 1 and not resources.gpus else 1.0
-    scale = draft.train.get("scale", 1.0)
-    size = tuple(int(v * scale) for v in fp.median_size)
-    timing = rules.Timing(measured.step_s * slowdown, measured.window_s, val_images,
-                          rules.windows_per_image(size, measured.window, cfg.val_overlap), draft.train["workers"])
+    timing = rules.Timing(measured.step_s * slowdown, measured.val_image_s * slowdown, len(val),
+                          draft.train["workers"])
     timing = rules.afford_crop(draft, timing, budget_s, multiple, resources.gpus)
     rules.time_rules(draft, timing, budget_s)
     concurrent = max(1, resources.cpus // max(1, draft.train["workers"] * draft.train["cpus_per_worker"]))

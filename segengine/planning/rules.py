@@ -263,25 +263,17 @@ def data_rules(fp: Fingerprint, resources: Resources, workers: int | None, multi
 
 @dataclass(frozen=True)
 class Timing:
-    """What the probe measured, scaled to the planned run."""
+    """What the probe measured, scaled to the planned run (workers running beside each other)."""
 
-    step_s: float  # one optimizer step of one worker, data included, with the others running beside it
-    window_s: float  # one validation window's forward pass
+    step_s: float  # one optimizer step of one worker, data included
+    val_image_s: float  # validating one image (read, sliding windows, loss)
     val_images: int  # validation images (all workers together)
-    windows_per_image: int
     workers: int
 
 
-def windows_per_image(size: tuple[int, int], window: tuple[int, int], overlap: float) -> int:
-    def count(n: int, w: int) -> int:
-        return 1 if n <= w else math.ceil((n - w) / max(1, round(w * (1 - overlap)))) + 1
-
-    return count(size[0], window[0]) * count(size[1], window[1])
-
-
 def validation_seconds(t: Timing) -> float:
-    """One validation: each worker scores its share of the images, window by window."""
-    return math.ceil(t.val_images / max(1, t.workers)) * t.windows_per_image * t.window_s
+    """One validation: each worker scores its share of the images."""
+    return math.ceil(t.val_images / max(1, t.workers)) * t.val_image_s
 
 
 def afford_crop(draft: Draft, timing: Timing, budget_s: float, multiple: int, gpus: int) -> Timing:
@@ -301,7 +293,7 @@ def afford_crop(draft: Draft, timing: Timing, budget_s: float, multiple: int, gp
                                                   f"(at least {MIN_STEPS}, or the smallest crop)")
             draft.set("batch_size", new_batch, f"about {PIXELS_PER_STEP // 1024}K pixels per step "
                                                f"(at least {MIN_BATCH} for BatchNorm)")
-            return Timing(step_s, timing.window_s, timing.val_images, timing.windows_per_image, timing.workers)
+            return Timing(step_s, timing.val_image_s, timing.val_images, timing.workers)
     return timing
 
 

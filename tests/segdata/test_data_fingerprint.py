@@ -11,8 +11,8 @@ from PIL import Image
 from segdata_helpers import write_png
 
 import segdata
-from segdata.fingerprint import fingerprint
 from launch import main
+from segdata.fingerprint import fingerprint
 
 
 @pytest.fixture

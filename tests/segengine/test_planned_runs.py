@@ -84,3 +84,19 @@ def test_the_default_search_names_no_class_another_dataset_lacks(shapes, tmp_pat
     with open(tmp_path / "d" / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and all("class_weight_exponent" in r for r in rows)
+
+
+def test_plan_writes_a_recipe_that_train_runs_and_a_second_plan_is_cached(shapes, tmp_path, capsys):
+    out = tmp_path / "plan.yaml"
+    assert main(["plan", "--data", str(shapes), "--budget", "10s", "--workers", "0", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "fingerprint" in printed and f"train --config {out}" in printed
+    raw = yaml.safe_load(out.read_text())
+    assert raw["train"]["data"] == str(shapes) and raw["train"]["budget_s"] == 10 and raw["time_budget_s"] == 20
+    assert main(["plan", "--data", str(shapes), "--budget", "10s", "--workers", "0", "--out",
+                 str(tmp_path / "again.yaml")]) == 0
+    assert "(fingerprint cached, probe cached)" in capsys.readouterr().out
+    again = yaml.safe_load((tmp_path / "again.yaml").read_text())
+    assert again == raw  # same data, machine and budget: the same plan
+    assert main(["train", "--config", str(out), "--storage", str(tmp_path), "--name", "from-plan"]) == 0
+    assert (tmp_path / "from-plan" / "history.csv").is_file()

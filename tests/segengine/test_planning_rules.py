@@ -76,8 +76,8 @@ def test_workers_follow_the_resources():
     assert rules.data_rules(THIN, CPU2, 1, 16).train["workers"] == 1
 
 
-def _timed(draft, step_s, window_s=0.1, val_images=5):
-    return rules.Timing(step_s, window_s, val_images, 1, draft.train["workers"])
+def _timed(draft, step_s, val_image_s=0.3, val_images=5):
+    return rules.Timing(step_s, val_image_s, val_images, draft.train["workers"])
 
 
 @pytest.mark.parametrize("budget_s, step_s", [(900, 0.5), (3600, 0.5), (900, 0.2)])
@@ -94,7 +94,7 @@ def test_a_budget_becomes_steps_epochs_and_a_validation_cadence(budget_s, step_s
 
 def test_slow_validation_is_spaced_out_and_a_short_budget_shrinks_the_crop():
     draft = rules.data_rules(THIN, CPU2, None, 16)
-    rules.time_rules(draft, _timed(draft, 0.5, window_s=3.0), 3600)
+    rules.time_rules(draft, _timed(draft, 0.5, val_image_s=6.0), 3600)
     assert draft.train["val_every"] > 1
     short = rules.data_rules(THIN, CPU2, None, 16)
     before = short.train["input_size"][0]

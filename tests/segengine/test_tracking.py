@@ -222,3 +222,19 @@ def test_a_tracking_server_lost_during_the_run_costs_a_warning_not_the_run(tmp_p
     assert len(messages) == 2, messages
     assert messages[0].startswith("tracking: epoch 1 not logged, logging stops for this run: ")
     assert messages[1].startswith(f"tracking: could not log the results of {tmp_path}: ")
+
+
+def test_the_default_mlflow_store_needs_no_server(tmp_path, monkeypatch):
+    """`tracking: {mlflow: {experiment: ...}}` alone (the documented default): a SQLite store beside the runs, the
+    artifacts beside it, never MLflow 3's retired file store."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"tracking": {"mlflow": {"experiment": "bar"}}}))
+    storage = tmp_path / "runs"
+    assert main(["train", "--config", str(config), "--data", TINY_SYNTH, "--workers", "0", "--epochs", "2",
+                 "--storage", str(storage), "--name", "local"]) == 0
+    client, runs = _runs(f"sqlite:///{storage / 'mlflow.db'}", "bar")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert len(client.get_metric_history(runs[0].info.run_id, "val_miou")) == 2
+    assert (storage / "mlflow-artifacts").is_dir() and not (tmp_path / "mlruns").exists()
