@@ -17,8 +17,8 @@ def _add_plugin_flag(p: argparse.ArgumentParser) -> None:
 
 
 def _add_tile_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tile", action=argparse.BooleanOptionalAction, default=None,
-                   help="sliding windows at native resolution (--no-tile: letterbox); default: how the "
+    p.add_argument("--sliding", "--tile", dest="sliding", action=argparse.BooleanOptionalAction, default=None,
+                   help="sliding windows at native resolution (--no-sliding: letterbox); default: how the "
                         "checkpoint's recipe validated")
     p.add_argument("--tta", choices=("flip", "none"), default=None,
                    help="test-time augmentation: flip averages the softmax over the 4 flips of each window or "
@@ -26,8 +26,10 @@ def _add_tile_flag(p: argparse.ArgumentParser) -> None:
 
 
 def _add_label_flags(p: argparse.ArgumentParser) -> None:
+    from segengine.config import LABEL_MODES
+
     p.add_argument("--num-classes", type=int, default=None)
-    p.add_argument("--label-mode", choices=["index", "threshold"], default=None)
+    p.add_argument("--label-mode", choices=LABEL_MODES, default=None)
     p.add_argument("--threshold", type=int, default=None)
     p.add_argument("--ignore-index", type=int, default=None)
 

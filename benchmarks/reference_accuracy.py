@@ -93,9 +93,9 @@ def main() -> int:
     train = evaluate(best, str(data), split=train_split, out=str(run_dir / "eval-train"), verbose=False).metrics
     steps = int(history[-1].get("steps") or 0)
     train_time = sum(float(h["epoch_time_s"]) for h in history)
-    print(f"\nrow {a.row}: encoder {manifest['encoder']}, crop {'x'.join(map(str, manifest['input_size']))}, "
+    print(f"\nrow {a.row}: encoder {manifest.encoder}, crop {'x'.join(map(str, manifest.input_size))}, "
           f"{steps} steps in {len(history)} epochs, training {train_time / 60:.1f} min, wall {wall / 60:.1f} min "
-          f"({manifest['config']['workers']} workers on this machine), best epoch {manifest['epoch'] + 1}, "
+          f"({manifest.config['workers']} workers on this machine), best epoch {manifest.epoch + 1}, "
           f"scored {val['inference']['mode']} at "
           "native resolution")
     width = max(len(n) for n in val["class_names"])
@@ -104,7 +104,7 @@ def main() -> int:
         print(f"{cls:<{width}}  {val['iou'][cls]:7.4f}  {train['iou'][cls]:9.4f}")
     print(f"{'mIoU':<{width}}  {val['miou']:7.4f}  {train['miou']:9.4f}   (gap {train['miou'] - val['miou']:+.4f}); "
           f"val pixel accuracy {val['pixel_acc']:.4f}")
-    print(json.dumps({"row": a.row, "encoder": manifest["encoder"], "holdout": a.holdout, "steps": steps,
+    print(json.dumps({"row": a.row, "encoder": manifest.encoder, "holdout": a.holdout, "steps": steps,
                       "train_min": round(train_time / 60, 2), "wall_min": round(wall / 60, 2),
                       "val_miou": round(val["miou"], 4), "train_miou": round(train["miou"], 4),
                       "val_iou": {k: round(v, 4) for k, v in val["iou"].items()}}))

@@ -71,12 +71,12 @@ def path_kind(path_or_uri: str) -> str:
 
 
 def list_files(folder: str) -> list[str]:
-    """Base names of the files directly in `folder` (empty when it does not exist)."""
+    """Base names of the files directly in `folder`, sorted (empty when it does not exist)."""
     filesystem, path = locate(folder)
     if filesystem.get_file_info(path).type != pafs.FileType.Directory:
         return []
     infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=False))
-    return [info.base_name for info in infos if info.type == pafs.FileType.File]
+    return sorted(info.base_name for info in infos if info.type == pafs.FileType.File)
 
 
 def read_bytes(path_or_uri: str) -> bytes:

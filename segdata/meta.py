@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 IGNORE = 255
 MAX_CLASSES = 255  # class ids 0..254; 255 is IGNORE
-LABEL_MODES = ("index", "threshold")
+LabelMode = Literal["index", "threshold"]
+LABEL_MODES: tuple[str, ...] = LabelMode.__args__  # how label files encode classes: one spelling, everywhere
 
 
 class DataError(ValueError):
@@ -101,7 +102,7 @@ class DatasetYaml(BaseModel):
 
     classes: Annotated[list[StrictStr | StrictInt], Field(min_length=1, max_length=MAX_CLASSES)] | None = None
     num_classes: Annotated[StrictInt, Field(ge=1, le=MAX_CLASSES)] | None = None
-    label_mode: Literal["index", "threshold"] | None = None
+    label_mode: LabelMode | None = None
     threshold: Annotated[StrictInt, Field(ge=0, le=254)] | None = None
     target_below: StrictBool | None = None
     ignore_index: Level | None = None

@@ -21,11 +21,12 @@ import torch
 
 import zoo
 from segengine import storage
+from segengine.config import ranked
+from segengine.manifest import MANIFEST_VERSION, Manifest
 from zoo._errors import one_line
 
 STATE_FILE = "state.pt"
 MANIFEST_FILE = "manifest.json"
-MANIFEST_VERSION = 1
 PREFIX = "checkpoint_epoch_"
 
 
@@ -47,15 +48,16 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write(directory: str | Path, state: dict[str, Any], manifest: dict[str, Any]) -> Path:
+def write(directory: str | Path, state: dict[str, Any], manifest: Manifest) -> Path:
     """Write a checkpoint folder atomically: into a temporary sibling, manifest last, then rename."""
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         torch.save(state, tmp / STATE_FILE)
-        full = {**manifest, "manifest_version": MANIFEST_VERSION, "state_sha256": _sha256(tmp / STATE_FILE)}
-        (tmp / MANIFEST_FILE).write_text(json.dumps(full, indent=2, sort_keys=True, default=str))
+        full = manifest.model_copy(update={"manifest_version": MANIFEST_VERSION,
+                                           "state_sha256": _sha256(tmp / STATE_FILE)})
+        (tmp / MANIFEST_FILE).write_text(json.dumps(full.to_dict(), indent=2, sort_keys=True, default=str))
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -73,17 +75,17 @@ def _local_copy(path: str) -> tuple[Path, tempfile.TemporaryDirectory | None]:
     return Path(holder.name), holder
 
 
-def read_manifest(path: str) -> dict[str, Any]:
+def read_manifest(path: str) -> Manifest:
     target = storage.join(path, MANIFEST_FILE)
     if not storage.exists(target):
         raise CheckpointError(f"{path}: no {MANIFEST_FILE}; not a checkpoint folder, or an incomplete one")
     try:
-        return json.loads(storage.read_text(target))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{target}: corrupt manifest ({exc})") from None
+        return Manifest.from_dict(json.loads(storage.read_text(target)))
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{target}: corrupt manifest ({one_line(exc)})") from None
 
 
-def load(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def load(path: str) -> tuple[dict[str, Any], Manifest]:
     """(state, manifest) of a complete checkpoint, verified against the manifest's hash."""
     path = storage.resolve(str(path))
     if not storage.exists(path):
@@ -94,7 +96,7 @@ def load(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
         state_file = local / STATE_FILE
         if not state_file.is_file():
             raise CheckpointError(f"{path}: {STATE_FILE} is missing; the checkpoint is incomplete")
-        if manifest.get("state_sha256") != _sha256(state_file):
+        if manifest.state_sha256 != _sha256(state_file):
             raise CheckpointError(f"{path}: {STATE_FILE} does not match its manifest (truncated or corrupt); "
                                   "use an earlier checkpoint")
         try:
@@ -116,7 +118,7 @@ def is_complete(path: str) -> bool:
         manifest = read_manifest(path)
     except CheckpointError:
         return False
-    return "state_sha256" in manifest and storage.exists(storage.join(path, STATE_FILE))
+    return manifest.state_sha256 is not None and storage.exists(storage.join(path, STATE_FILE))
 
 
 def list_complete(run_dir: str) -> list[str]:
@@ -125,17 +127,16 @@ def list_complete(run_dir: str) -> list[str]:
     return [storage.join(run_dir, n) for n in sorted(names) if is_complete(storage.join(run_dir, n))]
 
 
+def _rank(path: str, metric: str, mode: str) -> float:
+    return ranked(read_manifest(path).metrics.get(metric), mode)
+
+
 def prune(run_dir: str, keep: int, metric: str, mode: str) -> None:
     """Keep the `keep` best checkpoints by `metric` plus the latest; delete the rest (local runs)."""
     paths = list_complete(run_dir)
     if len(paths) <= keep:
         return
-    scored = []
-    for p in paths:
-        value = read_manifest(p).get("metrics", {}).get(metric)
-        value = float("-inf") if value is None or value != value else float(value)
-        scored.append((value if mode == "max" else -value, p))
-    best = {p for _, p in sorted(scored, reverse=True)[:keep]}
+    best = set(sorted(paths, key=lambda p: _rank(p, metric, mode), reverse=True)[:keep])
     for p in paths[:-1]:
         if p not in best:
             storage.delete_dir(p)
@@ -143,15 +144,7 @@ def prune(run_dir: str, keep: int, metric: str, mode: str) -> None:
 
 def best_path(run_dir: str, metric: str, mode: str) -> str | None:
     paths = list_complete(run_dir)
-    if not paths:
-        return None
-    sign = 1 if mode == "max" else -1
-
-    def score(p: str) -> float:
-        v = read_manifest(p).get("metrics", {}).get(metric)
-        return float("-inf") if v is None or v != v else sign * float(v)
-
-    return max(paths, key=score)
+    return max(paths, key=lambda p: _rank(p, metric, mode)) if paths else None
 
 
 def locate(path: str) -> str:
@@ -192,22 +185,22 @@ def build_model(path: str, plugin_refs: list[str] | None = None):
     state, manifest = load(path)
     plugins.autoload()
     plugins.load_plugins(plugin_refs or [])
-    encoder = manifest["encoder"]
+    encoder = manifest.encoder
     try:
         return model_from_manifest(manifest, state["model"]), manifest
     except zoo.UnknownEncoderError:
-        origin = manifest.get("encoder_source")
-        named = manifest.get("plugins") or []
+        origin = manifest.encoder_source
+        named = manifest.plugins
         hint = (plugins.install_hint(origin) if origin
                 else f"it came from plugin(s) {', '.join(named)}: pass --plugin for them" if named
                 else "install the plugin that registers it")  # checkpoints from before encoder_source
         raise CheckpointError(f"{path}: encoder '{encoder}' is not registered here; {hint}") from None
 
 
-def model_from_manifest(manifest: dict[str, Any], weights: dict[str, torch.Tensor]) -> torch.nn.Module:
+def model_from_manifest(manifest: Manifest, weights: dict[str, torch.Tensor]) -> torch.nn.Module:
     """The model a manifest describes, built by the zoo with `weights` (its state dict) loaded, in eval mode: the
     one way a checkpoint, a Ray Data actor and an exported safetensors file become a model again."""
-    model = zoo.create_model(manifest["encoder"], manifest["num_classes"], in_channels=manifest["in_channels"],
-                             **manifest.get("model_kwargs", {}))
+    model = zoo.create_model(manifest.encoder, manifest.num_classes, in_channels=manifest.in_channels,
+                             **manifest.model_kwargs)
     model.load_state_dict(weights)
     return model.eval()

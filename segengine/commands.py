@@ -160,7 +160,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from segengine.inference import evaluate as run_evaluate
 
     run_evaluate(args.checkpoint, args.data, split=args.split, workers=args.workers, out=args.out,
-                 address=args.address, plugin_refs=args.plugin, tile=args.tile, mirror=TTA[args.tta],
+                 address=args.address, plugin_refs=args.plugin, sliding=args.sliding, mirror=TTA[args.tta],
                  **_inference_options(args))
     return 0
 
@@ -169,7 +169,7 @@ def predict(args: argparse.Namespace) -> int:
     """Exit 1 when some inputs were unreadable (the others are written)."""
     from segengine.inference import predict as run_predict
 
-    result = run_predict(args.checkpoint, args.inputs, args.out, tile=args.tile, overlap=args.overlap,
+    result = run_predict(args.checkpoint, args.inputs, args.out, sliding=args.sliding, overlap=args.overlap,
                          mirror=TTA[args.tta], counts=args.counts, plugin_refs=args.plugin, workers=args.workers,
                          address=args.address, **_inference_options(args))
     return 1 if result.skipped else 0

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from segengine import checkpoint, storage
+from segengine.manifest import Manifest
 
 FATAL_FILE = "failed.txt"  # in the run folder: the error a Ray Train run ended with instead of being retried
 
@@ -63,12 +64,12 @@ class Reporter:
         with tempfile.TemporaryDirectory(prefix="unet-zoo-restore-") as tmp:
             yield storage.download_dir(path, tmp) if storage.is_uri(path) else path
 
-    def report(self, metrics: dict[str, Any], state: dict | None, manifest: dict | None, epoch: int,
+    def report(self, metrics: dict[str, Any], state: dict | None, manifest: Manifest | None, epoch: int,
                persisted: Callable[[str | None], None]) -> None:
         """Persist the epoch's checkpoint (rank 0 passes state), call `persisted(path)`, publish the metrics."""
         persisted(self._store(state, manifest, epoch))
 
-    def _store(self, state: dict | None, manifest: dict | None, epoch: int) -> str | None:
+    def _store(self, state: dict | None, manifest: Manifest | None, epoch: int) -> str | None:
         if state is None:
             return None
         target = self.checkpoint_path(epoch)

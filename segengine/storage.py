@@ -1,4 +1,8 @@
-"""Run storage as local folders or URIs (file://, s3://, gs://) through pyarrow.fs, the layer Ray Train uses."""
+"""Run storage as local folders or URIs (file://, s3://, gs://) through pyarrow.fs, the layer Ray Train uses.
+
+Reading goes through the data layer's own functions (`segdata.files`: one implementation of reading a file or
+listing a folder, whose errors name the file); this module adds what runs need besides: writing, sub-folders,
+deleting, copying folders."""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from segdata.files import is_uri, join, locate
+from segdata.files import is_uri, join, list_files, locate, read_bytes, read_text
 
 __all__ = ["delete_dir", "download_dir", "exists", "filesystem", "is_dir", "is_uri", "join", "list_dirs", "list_files",
            "read_bytes", "read_text", "resolve", "upload_dir", "write_bytes"]
@@ -26,16 +30,6 @@ def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
 def exists(path: str) -> bool:
     fs, p = filesystem(path)
     return fs.get_file_info(p).type != pafs.FileType.NotFound
-
-
-def read_bytes(path: str) -> bytes:
-    fs, p = filesystem(path)
-    with fs.open_input_stream(p) as f:
-        return f.read()
-
-
-def read_text(path: str) -> str:
-    return read_bytes(path).decode()
 
 
 def write_bytes(path: str, data: bytes) -> None:
@@ -64,11 +58,6 @@ def _entries(path: str, kind: pafs.FileType) -> list[str]:
 def list_dirs(path: str) -> list[str]:
     """Names of the sub-folders of a folder (empty if it does not exist)."""
     return _entries(path, pafs.FileType.Directory)
-
-
-def list_files(path: str) -> list[str]:
-    """Names of the files in a folder or object-storage prefix, not recursive (empty if it does not exist)."""
-    return _entries(path, pafs.FileType.File)
 
 
 def is_dir(path: str) -> bool:

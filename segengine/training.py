@@ -63,7 +63,7 @@ def _save_config(run_dir: str, cfg: TrainConfig, plan: Plan | None) -> None:
 def summarize(prep: PreparedRun, started: float) -> dict[str, Any]:
     cfg = prep.cfg
     best = checkpoint.best_path(prep.run_dir, cfg.metric, cfg.mode)
-    metrics = checkpoint.read_manifest(best)["metrics"] if best else {}
+    metrics = checkpoint.read_manifest(best).metrics if best else {}
     print(f"\nrun folder       {prep.run_dir}  (history.csv, loss.png, miou.png, tensorboard/)")
     budget = budget_spent(prep.run_dir, started)
     if budget:

@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from segengine.config import OVERLAP_RANGE, overlap_ok
+
 WINDOW_BATCH = 8  # windows per forward pass
 MIRRORS = ((), (3,), (2,), (2, 3))  # flipped axes of an N x C x H x W batch
 
@@ -54,8 +56,8 @@ def sliding_probabilities(forward: Callable[[torch.Tensor], torch.Tensor], image
                           pad_value: Sequence[float], batch: int = WINDOW_BATCH, mirror: bool = False,
                           scale: float = 1.0) -> torch.Tensor:
     """num_classes x H x W probabilities of a normalised C x H x W image (on the device `forward` runs on)."""
-    if not 0 <= overlap < 1:
-        raise ValueError(f"overlap {overlap}: use a fraction from 0 (no overlap) to below 1, e.g. 0.25")
+    if not overlap_ok(overlap):
+        raise ValueError(f"overlap {overlap}: use {OVERLAP_RANGE}")
     if scale != 1:
         size = image.shape[-2:]
         resampled = F.interpolate(image[None], scale_factor=scale, mode="bilinear", antialias=scale < 1)[0]

@@ -28,8 +28,9 @@ import zoo
 from segengine.artifacts import RunArtifacts
 from segengine.budget import BudgetClock, epochs_that_fit
 from segengine.cluster import redact
-from segengine.config import TrainConfig
+from segengine.config import TrainConfig, ranked
 from segengine.losses import SegmentationLoss
+from segengine.manifest import InferenceMode, Intensity, Manifest
 from segengine.metrics import VAL_SCORES, MetricAccumulator
 from segengine.precision import Precision
 from segengine.reporting import Reporter, make_reporter
@@ -43,12 +44,6 @@ class TrainingError(RuntimeError):
     """A run that cannot go on (non-finite loss, a dataset too small); one line for the CLI."""
 
     user_error = True
-
-
-def _is_better(value: float, best: float | None, mode: str) -> bool:
-    if value != value:  # NaN never improves
-        return False
-    return best is None or (value > best if mode == "max" else value < best)
 
 
 def lr_factor(cfg: TrainConfig, steps_per_epoch: int, epochs: Callable[[], int] | None = None
@@ -166,7 +161,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def manifest_for(cfg: TrainConfig, meta: segdata.DatasetMeta, model: zoo.SegmentationModel, norm: zoo.Normalization,
-                 epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
+                 epoch: int, metrics: dict[str, Any]) -> Manifest:
     """What inference needs to rebuild the model from the checkpoint alone, plus the resolved config."""
     import importlib.metadata as md
 
@@ -176,20 +171,14 @@ def manifest_for(cfg: TrainConfig, meta: segdata.DatasetMeta, model: zoo.Segment
         except md.PackageNotFoundError:
             return None
 
-    return {
-        "schema_version": cfg.schema_version, "encoder": cfg.encoder, "num_classes": meta.num_classes,
-        "class_names": list(meta.classes), "in_channels": meta.in_channels, "input_size": list(cfg.input_size),
-        "normalization": {"name": norm.name, "mean": list(norm.mean), "std": list(norm.std),
-                          **({"low": list(norm.low), "high": list(norm.high)} if norm.clip else {})},
-        "label_mode": meta.label_mode, "colors": [list(c) for c in meta.colors], "dataset": meta.to_dict(),
-        "plugins": list(cfg.plugins), "encoder_source": plugins.provenance(model.spec.source),
-        "model_kwargs": dict(model.model_kwargs), "config": redact(cfg.to_dict()),
-        "epoch": epoch, "metrics": metrics,
-        "inference": ({"mode": "sliding", "window": list(cfg.window), "overlap": cfg.val_overlap,
-                       "mirror": cfg.val_mirror, "scale": cfg.scale}
-                      if cfg.validation == "sliding" else {"mode": "letterbox"}),
-        "versions": {d: version(d) for d in ("unet-zoo", "torch", "ray", "timm", "segmentation-models-pytorch")},
-    }
+    inference = (InferenceMode(mode="sliding", window=cfg.window, overlap=cfg.val_overlap, mirror=cfg.val_mirror,
+                               scale=cfg.scale) if cfg.validation == "sliding" else InferenceMode())
+    return Manifest(
+        encoder=cfg.encoder, model_kwargs=dict(model.model_kwargs), plugins=list(cfg.plugins),
+        encoder_source=plugins.provenance(model.spec.source), dataset=meta.to_dict(),
+        input_size=cfg.input_size, inference=inference, config=redact(cfg.to_dict()), epoch=epoch, metrics=metrics,
+        normalization=Intensity(name=norm.name, mean=norm.mean, std=norm.std, low=norm.low, high=norm.high),
+        versions={d: version(d) for d in ("unet-zoo", "torch", "ray", "timm", "segmentation-models-pytorch")})
 
 
 def _val_shard(n: int, rank: int, world: int) -> list[int]:
@@ -229,7 +218,8 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, reporter: Reporter, data: dict[str, Any], verbose: bool = True,
                  started: float | None = None, tracking: dict[str, str] | None = None):
-        """`tracking`: the tracked runs the driver opened (`segengine.tracking`), logged to by rank 0."""
+        """`data`: what the driver validated (`runprep.PreparedRun.data`); `tracking`: the tracked runs the driver
+        opened (`segengine.tracking`), logged to by rank 0."""
         self.cfg, self.reporter, self.verbose = cfg, reporter, verbose
         # where a run's seconds go (timings.json; benchmarks/train_overhead.py): wall clock of the start-up phases,
         # then per epoch the time in training steps, validation, collectives and reporting
@@ -244,16 +234,34 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
-
-        root = segdata.resolve_data(cfg.data)  # this node's copy (the synthetic set is made here if missing)
         self.meta = segdata.DatasetMeta.from_dict(data["meta"])
+        root = segdata.resolve_data(cfg.data)  # this node's copy (the synthetic set is made here if missing)
         train_samples = segdata.local_samples(data["train"], root)
-        val_samples = segdata.local_samples(data["val"], root)
+        model = self._build_model()
+        self._build_loaders(root, train_samples, segdata.local_samples(data["val"], root))
+        self._build_optimization(model, data.get("frequencies"), train_samples)
+        self.history: list[dict[str, Any]] = []
+        self.best: float | None = None
+        self.stale = 0
+        self.start_epoch = 0
+        self._restore()
+        self.net = reporter.wrap_model(self.model)
+        self.artifacts = RunArtifacts(reporter.run_dir, self.meta.classes) if self.rank == 0 else None
+        self.timings["ready"] = time.time()
 
+    def _build_model(self) -> zoo.SegmentationModel:
+        """The recipe's model (BatchNorm momentum set) and the intensity normalisation that goes with it."""
+        cfg = self.cfg
         model = zoo.create_model(cfg.encoder, self.meta.num_classes, in_channels=self.meta.in_channels,
                                  weights=cfg.weights, **cfg.encoder_kwargs)
         set_bn_momentum(model, cfg.bn_momentum)
         self.norm = normalization(cfg, model.spec, self.meta.in_channels)
+        return model
+
+    def _build_loaders(self, root: str, train_samples: list, val_samples: list) -> None:
+        """This rank's training loader (a shard of each epoch's samples) and validation loader (a shard of the
+        validation images, each exactly once over the ranks)."""
+        cfg = self.cfg
         self.train_set = make_train_set(cfg, train_samples, self.meta, self.norm)
         if len(self.train_set) < cfg.batch_size * self.world:
             raise TrainingError(
@@ -262,21 +270,25 @@ class Trainer:
                 f"or --workers{', or raise samples_per_epoch' if cfg.sampling == 'patch' else ''}")
         self.sampler = DistributedSampler(self.train_set, num_replicas=self.world, rank=self.rank, shuffle=True,
                                           seed=cfg.seed, drop_last=True)
-        nw = _loader_workers(cfg)
+        loaders = _loader_workers(cfg)
         self.train_loader = DataLoader(self.train_set, batch_size=cfg.batch_size, sampler=self.sampler,
-                                       drop_last=True, num_workers=nw,  # not persistent: set_epoch must reach them
+                                       drop_last=True, num_workers=loaders,  # not persistent: set_epoch must reach
                                        pin_memory=self.use_gpu)
         self.steps_per_epoch = len(self.train_loader)
-        sliding = cfg.validation == "sliding"
-        clip = self.norm.clip
-        val_tf = (segdata.NativeTransform(self.norm.mean, self.norm.std, clip) if sliding
-                  else segdata.EvalTransform(cfg.input_size, self.norm.mean, self.norm.std, clip))
+        sliding, norm = cfg.validation == "sliding", self.norm
+        val_tf = (segdata.NativeTransform(norm.mean, norm.std, norm.clip) if sliding
+                  else segdata.EvalTransform(cfg.input_size, norm.mean, norm.std, norm.clip))
         val_set = segdata.SegmentationDataset(val_samples, self.meta, val_tf, seed=cfg.seed, train=False)
         shard = torch.utils.data.Subset(val_set, _val_shard(len(val_set), self.rank, self.world))
         # native sizes may differ between images: one image per batch, its windows batched instead
-        self.val_loader = DataLoader(shard, batch_size=1 if sliding else cfg.batch_size, num_workers=nw)
-        self.pad_value = segdata.normalised_grey(self.norm.mean, self.norm.std, clip)
+        self.val_loader = DataLoader(shard, batch_size=1 if sliding else cfg.batch_size, num_workers=loaders)
+        self.pad_value = segdata.normalised_grey(norm.mean, norm.std, norm.clip)
 
+    def _build_optimization(self, model: zoo.SegmentationModel, frequencies: list[float] | None,
+                            train_samples: list) -> None:
+        """The model on its device in its precision, the optimizer and its schedule (over `self.epochs`, which a
+        budget re-sizes), the loss with its class weights, the fp16 scaler."""
+        cfg = self.cfg
         if cfg.sync_bn and self.world > 1:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.precision = Precision(self.device, cfg.amp, cfg.channels_last)
@@ -289,20 +301,11 @@ class Trainer:
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg, self.steps_per_epoch, lambda: self.epochs)
         self.class_weights = cfg.class_weights
         if cfg.class_weight_exponent is not None:
-            freq = data.get("frequencies")
-            if freq is None:  # a driver that did not measure them (a search that sets the exponent per trial)
-                freq = segdata.class_frequencies(train_samples, self.meta)
-            self.class_weights = inverse_frequency_weights(freq, cfg.class_weight_exponent)
+            if frequencies is None:  # a driver that did not measure them (a search that sets the exponent per trial)
+                frequencies = segdata.class_frequencies(train_samples, self.meta)
+            self.class_weights = inverse_frequency_weights(frequencies, cfg.class_weight_exponent)
         self.loss_fn = SegmentationLoss(cfg.loss, self.meta.num_classes, self.class_weights).to(self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision.dtype == torch.float16)
-        self.history: list[dict[str, Any]] = []
-        self.best: float | None = None
-        self.stale = 0
-        self.start_epoch = 0
-        self._restore()
-        self.net = reporter.wrap_model(self.model)
-        self.artifacts = RunArtifacts(reporter.run_dir, self.meta.classes) if self.rank == 0 else None
-        self.timings["ready"] = time.time()
 
     def _restore(self) -> None:
         with self.reporter.restored() as folder:
@@ -326,7 +329,11 @@ class Trainer:
         self.scheduler.last_epoch = self.start_epoch * self.steps_per_epoch
         self._apply_recipe_values()
         if self.rank == 0 and self.verbose:
-            print(f"resumed from epoch {state['epoch'] + 1} (lr {self.scheduler.get_last_lr()[1]:.3g})", flush=True)
+            print(f"resumed from epoch {state['epoch'] + 1} (lr {self._lr():.3g})", flush=True)
+
+    def _lr(self) -> float:
+        """The learning rate the next step uses (the decoder's group: the encoder's is 0 while frozen)."""
+        return float(self.optimizer.param_groups[1]["lr"])
 
     def _apply_recipe_values(self) -> None:
         """After loading optimizer state: this config's lr and weight decay (a resumed run has the saved ones; a
@@ -337,7 +344,6 @@ class Trainer:
             group["initial_lr"] = self.cfg.lr
             group["lr"] = self.cfg.lr * factor(step)
             group["weight_decay"] = self.cfg.weight_decay
-        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
     def _train_epoch(self, epoch: int) -> tuple[float, int, float]:
         self.net.train()
@@ -421,7 +427,7 @@ class Trainer:
         """Train one epoch, validate when due (always after the first and the last), report and checkpoint."""
         cfg = self.cfg
         epoch_start = time.perf_counter()
-        lr = self.scheduler.get_last_lr()[1]
+        lr = self._lr()
         train_loss, images, train_time = self._train_epoch(epoch)
         if self.budget is not None:
             self._fit_to_budget(epoch + 1, self.epoch_costs or [train_time])
@@ -434,7 +440,7 @@ class Trainer:
         metrics["validated"] = int(validate)
         metrics["val_time_s"] = time.perf_counter() - val_start if validate else 0.0
         value = metrics.get(cfg.metric, float("nan"))
-        if validate and _is_better(value, self.best, cfg.mode):
+        if validate and value == value and ranked(value, cfg.mode) > ranked(self.best, cfg.mode):
             self.best, self.stale = float(value), 0
         else:
             self.stale += 1

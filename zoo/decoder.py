@@ -8,20 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._layers import ConvBlock
+
 
 def _width(reduction: int) -> int:
     """Decoder channels at a stride: 16 per unit of stride, at most 256 (segmentation-models-pytorch's Unet
     widths 256/128/64/32/16 for strides 16..1)."""
     return min(256, 16 * reduction)
-
-
-class _ConvBlock(nn.Sequential):
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(
-            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True))
 
 
 class UNetDecoder(nn.Module):
@@ -40,7 +33,7 @@ class UNetDecoder(nn.Module):
         width = channels[-1]
         skip_blocks = []
         for skip_channels, reduction in zip(reversed(channels[:-1]), reversed(reductions[:-1]), strict=True):
-            skip_blocks.append(_ConvBlock(width + skip_channels, _width(reduction)))
+            skip_blocks.append(ConvBlock(width + skip_channels, _width(reduction)))
             width = _width(reduction)
         self.skip_blocks = nn.ModuleList(skip_blocks)
         self.up_factors: list[int] = []
@@ -50,7 +43,7 @@ class UNetDecoder(nn.Module):
             factor = 2 if reduction % 2 == 0 else reduction
             reduction //= factor
             self.up_factors.append(factor)
-            up_blocks.append(_ConvBlock(width, _width(reduction)))
+            up_blocks.append(ConvBlock(width, _width(reduction)))
             width = _width(reduction)
         self.up_blocks = nn.ModuleList(up_blocks)
         self.head = nn.Conv2d(width, num_classes, 1)

@@ -11,20 +11,13 @@ import torch
 from torch import nn
 
 from ._errors import ZooError
+from ._layers import ConvBlock
 from ._registry import get_spec, register_encoder
 from ._spec import TUTORIAL
 from .decoder import UNetDecoder
 from .model import SegmentationModel
 
 WIDTHS = (32, 64, 128, 256, 512)
-
-
-def _double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True))
 
 
 class UNetEncoder(nn.Module):
@@ -34,7 +27,7 @@ class UNetEncoder(nn.Module):
         super().__init__()
         channels = (in_channels, *widths)
         self.out_channels = tuple(widths)
-        self.levels = nn.ModuleList(_double_conv(a, b) for a, b in zip(channels[:-1], channels[1:], strict=True))
+        self.levels = nn.ModuleList(ConvBlock(a, b) for a, b in zip(channels[:-1], channels[1:], strict=True))
         self.pool = nn.MaxPool2d(2)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

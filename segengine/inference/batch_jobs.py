@@ -21,6 +21,7 @@ import numpy as np
 
 from segengine import checkpoint as ckpt
 from segengine.inference.predictor import InferenceError, Predictor, progress_bar
+from segengine.manifest import Manifest
 
 Batch = dict[str, np.ndarray]
 Job = Callable[..., Batch]  # job(predictor, batch, **job_kwargs) -> rows, defined where it is used
@@ -37,6 +38,7 @@ class PredictorActor:
 
         plugins.autoload()
         plugins.load_on_worker(plugin_refs)
+        manifest = Manifest.from_dict(manifest)  # it travels as plain JSON values
         model = ckpt.model_from_manifest(manifest, ray.get(state) if isinstance(state, ray.ObjectRef) else state)
         self.predictor = Predictor(model, manifest, **options)
         self.job, self.job_kwargs = job, job_kwargs
@@ -161,7 +163,7 @@ def map_on_actors(predictor: Predictor, items: Sequence[dict[str, Any]], job: Jo
         dataset = ray.data.from_items(list(items), override_num_blocks=-(-len(items) // per_call)).map_batches(
             PredictorActor, batch_size=per_call, batch_format="numpy",
             compute=ActorPoolStrategy(size=workers),
-            fn_constructor_args=(state, predictor.manifest, refs, options, job, job_kwargs), **remote_args)
+            fn_constructor_args=(state, predictor.manifest.to_dict(), refs, options, job, job_kwargs), **remote_args)
         ray_start_s = time.perf_counter() - started
         bar = progress_bar(len(items), f"{desc} ({workers} Ray Data actors, {actor_device})", enabled=progress)
         try:

@@ -20,20 +20,19 @@ import segdata
 from segengine import storage
 from segengine.inference.batch_jobs import map_items
 from segengine.inference.predictor import BATCH, InferenceError, Predictor, open_predictor
+from segengine.manifest import Manifest
 from segengine.metrics import MetricAccumulator
 
 
-def open_eval_dataset(data: str, manifest: dict[str, Any]):
+def open_eval_dataset(data: str, manifest: Manifest):
     """The dataset folder, read with its own dataset.yaml if it has one, else with the checkpoint's label
     encoding (classes, label mode, threshold, ignore value); splits as in training (the run's val_fraction)."""
     root = segdata.resolve_data(data)
-    config = manifest.get("config") or {}
-    split_args = {"val_fraction": float(config.get("val_fraction", 0.2))}
+    split_args = {"val_fraction": float(manifest.config.get("val_fraction", 0.2))}
     if storage.exists(storage.join(root, "dataset.yaml")):
         return segdata.open_dataset(root, **split_args)
-    meta = manifest.get("dataset") or {}
-    overrides = {"classes": manifest.get("class_names") or meta.get("classes"),
-                 "label_mode": meta.get("label_mode", manifest.get("label_mode")),
+    meta = manifest.dataset
+    overrides = {"classes": manifest.class_names, "label_mode": manifest.label_mode,
                  "threshold": meta.get("threshold"), "target_below": meta.get("target_below"),
                  "ignore_index": meta.get("ignore_index")}
     return segdata.open_dataset(root, **{k: v for k, v in overrides.items() if v is not None}, **split_args)
@@ -63,12 +62,12 @@ def _read_pair(image_path: str, label_path: str, meta) -> tuple[np.ndarray, np.n
 
 
 def evaluate_batch(predictor: Predictor, batch: dict[str, np.ndarray], *, meta: dict[str, Any],
-                   tile: bool | None) -> dict[str, np.ndarray]:
+                   sliding: bool | None) -> dict[str, np.ndarray]:
     """Per (image, label) pair of the batch, in this process or in a Ray Data actor: its confusion matrix and
     f_score counts at original resolution, flattened."""
     meta_obj = segdata.DatasetMeta.from_dict(meta)
     pairs = [_read_pair(image, label, meta_obj) for image, label in zip(batch["image"], batch["label"], strict=True)]
-    scores = predictor.batch_scores([image for image, _ in pairs], tile=tile)
+    scores = predictor.batch_scores([image for image, _ in pairs], sliding=sliding)
     cms, counts = [], []
     for lg, (_, label) in zip(scores, pairs, strict=True):
         acc = MetricAccumulator(predictor.num_classes)
@@ -79,13 +78,13 @@ def evaluate_batch(predictor: Predictor, batch: dict[str, np.ndarray], *, meta: 
 
 
 def evaluate_samples(predictor: Predictor, samples: Sequence, meta, progress: bool = False,
-                     tile: bool | None = None, workers: int = 1, address: str | None = None,
+                     sliding: bool | None = None, workers: int = 1, address: str | None = None,
                      plugin_refs: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
     """(confusion matrix, f_score counts) of the samples at original resolution, summed over the images; in this
     process, or on `workers` Ray Data predictor actors (`on_ray`)."""
     k = predictor.num_classes
     items = [{"image": str(s.image), "label": str(s.label)} for s in samples]
-    job_kwargs = {"meta": meta.to_dict(), "tile": tile}
+    job_kwargs = {"meta": meta.to_dict(), "sliding": sliding}
     rows = map_items(predictor, items, evaluate_batch, job_kwargs, workers=workers, address=address,
                      plugin_refs=plugin_refs, device="cpu", desc="evaluate", progress=progress)
     cm = np.zeros((k, k), np.int64)
@@ -105,7 +104,7 @@ class EvalResult:
 
 def evaluate(checkpoint_path: str, data: str, *, split: str = "val", workers: int = 1, out: str | None = None,
              address: str | None = None, plugin_refs: Sequence[str] | None = None, verbose: bool = True,
-             tile: bool | None = None, mirror: bool | None = None, amp: bool = True, device: str = "cpu",
+             sliding: bool | None = None, mirror: bool | None = None, amp: bool = True, device: str = "cpu",
              batch_size: int = BATCH) -> EvalResult:
     """Metrics of a checkpoint (or an exported .onnx file) on a dataset split at original resolution; writes
     metrics.json, confusion_matrix.csv and per_class_iou.png into `out` (default `eval-<split>` next to it)."""
@@ -125,7 +124,7 @@ def evaluate(checkpoint_path: str, data: str, *, split: str = "val", workers: in
                              f"(e.g. {unlabelled[0]}); evaluate needs labels, use `launch.py predict` for these")
     if not samples:
         raise InferenceError(f"split {split!r} of {folder.root} is empty")
-    cm, counts = evaluate_samples(predictor, samples, meta, progress=verbose, tile=tile, workers=workers,
+    cm, counts = evaluate_samples(predictor, samples, meta, progress=verbose, sliding=sliding, workers=workers,
                                   address=address, plugin_refs=list(plugin_refs or []))
 
     acc = MetricAccumulator(predictor.num_classes)
@@ -136,12 +135,13 @@ def evaluate(checkpoint_path: str, data: str, *, split: str = "val", workers: in
     metrics = {
         "checkpoint": str(checkpoint_path), "data": folder.root, "split": split, "images": len(samples),
         "resolution": "original", "input_size": list(predictor.input_size),
-        "inference": ({**predictor.inference, "mode": "sliding"} if predictor.uses_windows(tile)
-                      else {"mode": "letterbox"}), "encoder": predictor.manifest["encoder"],
+        "inference": (predictor.inference.model_copy(update={"mode": "sliding"}).model_dump(mode="json")
+                      if predictor.uses_sliding(sliding) else {"mode": "letterbox"}),
+        "encoder": predictor.manifest.encoder,
         "class_names": predictor.class_names, **scores,
         "label_pixels": dict(zip(predictor.class_names, np.asarray(cm).sum(axis=1).tolist(), strict=True)),
         "predicted_pixels": dict(zip(predictor.class_names, np.asarray(cm).sum(axis=0).tolist(), strict=True)),
-        "checkpoint_metrics": predictor.manifest.get("metrics", {}),
+        "checkpoint_metrics": predictor.manifest.metrics,
     }
     out_dir = out or default_eval_dir(checkpoint_path, split)
     write_eval_outputs(out_dir, metrics, np.asarray(cm, np.int64), predictor.class_names)

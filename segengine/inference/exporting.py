@@ -22,23 +22,22 @@ import torch
 from segengine import checkpoint as ckpt
 from segengine import storage
 from segengine.inference.predictor import ONNX_METADATA_KEY, InferenceError, Predictor
+from segengine.manifest import Manifest
 from zoo._errors import one_line
 
 EXPORT_TOLERANCE = 1e-4  # max abs logit difference allowed, times max(1, max |PyTorch logit|)
 FORMATS = ("onnx", "torchscript", "safetensors")
 
 
-def check_sizes(input_size: Sequence[int], multiple: int) -> list[tuple[int, int, int]]:
+def example_shapes(input_size: Sequence[int], multiple: int) -> list[tuple[int, int, int]]:
     """(batch, H, W) inputs for the export check: the trained size (batch 2) and another size and aspect
     (batch 1), both multiples of the encoder's input multiple."""
     h, w = int(input_size[0]), int(input_size[1])
     return [(2, h, w), (1, h + multiple, w + 2 * multiple)]
 
 
-def _export_metadata(manifest: dict[str, Any], multiple: int) -> dict[str, Any]:
-    keys = ("encoder", "num_classes", "class_names", "in_channels", "input_size", "normalization", "colors",
-            "label_mode", "epoch", "metrics", "inference")
-    return {**{k: manifest.get(k) for k in keys}, "input_multiple": multiple,
+def _export_metadata(manifest: Manifest, multiple: int) -> dict[str, Any]:
+    return {**manifest.export_view(), "input_multiple": multiple,
             "input": "N x in_channels x H x W float32, (pixel - mean) / std, H and W multiples of input_multiple",
             "output": "N x num_classes x H x W logits"}
 
@@ -133,7 +132,7 @@ def _run_safetensors(path: str) -> Any:
     from safetensors.torch import load_file
 
     with safe_open(path, "pt") as handle:
-        manifest = json.loads(handle.metadata()[ONNX_METADATA_KEY])
+        manifest = Manifest.from_dict(json.loads(handle.metadata()[ONNX_METADATA_KEY]))
     model = ckpt.model_from_manifest(manifest, load_file(path))
 
     def run(x: torch.Tensor) -> np.ndarray:
@@ -151,63 +150,68 @@ class ExportResult:
     checks: list[dict[str, Any]]  # per input shape: shape, max_abs_diff, tolerance
 
 
+def _write_format(fmt: str, model: torch.nn.Module, example: torch.Tensor, local: str, multiple: int,
+                  predictor: Predictor) -> tuple[str, Any, list[str]]:
+    """Write one format: (how, a function running the written file on an input, the files written)."""
+    metadata = _export_metadata(predictor.manifest, multiple)
+    if fmt == "onnx":
+        return _export_onnx(model, example, local, multiple, metadata), _run_onnx(local), [local]
+    if fmt == "safetensors":
+        method = _export_safetensors(model, local, metadata)
+        return method, _run_safetensors(local), [local, safetensors_manifest_path(local)]
+    return _export_torchscript(model, example, local, metadata), _run_torchscript(local), [local]
+
+
+def _check(fmt: str, model: torch.nn.Module, run: Any, x: torch.Tensor, verbose: bool) -> dict[str, Any]:
+    """The written file against PyTorch on one input: shape and largest difference within the tolerance."""
+    with torch.no_grad():
+        reference = model(x).float().numpy()
+    try:
+        got = np.asarray(run(x))
+    except Exception as exc:
+        raise InferenceError(f"the exported {fmt} model failed on input {tuple(x.shape)}: {one_line(exc)}; it does "
+                             "not accept dynamic sizes") from None
+    if got.shape != reference.shape:
+        raise InferenceError(f"the exported {fmt} model gave shape {got.shape} for input {tuple(x.shape)}, PyTorch "
+                             f"{reference.shape}")
+    diff = float(np.abs(got - reference).max())
+    tolerance = EXPORT_TOLERANCE * max(1.0, float(np.abs(reference).max()))
+    if verbose:
+        print(f"check {'x'.join(map(str, x.shape))}: max abs diff vs PyTorch {diff:.3g} (tolerance {tolerance:.3g})")
+    if not diff <= tolerance:
+        raise InferenceError(f"the exported {fmt} model differs from PyTorch by {diff:.3g} on input {tuple(x.shape)} "
+                             f"(tolerance {tolerance:.3g} = {EXPORT_TOLERANCE:g} x max(1, max |logit|)); nothing was "
+                             "written")
+    return {"shape": list(x.shape), "max_abs_diff": diff, "tolerance": tolerance}
+
+
 def export(checkpoint_path: str, fmt: str, out: str, *, plugin_refs: Sequence[str] | None = None,
            verbose: bool = True, seed: int = 0) -> ExportResult:
     """Export to ONNX, TorchScript or safetensors and check the file against PyTorch on random inputs at two
-    sizes."""
+    sizes; a file that fails the check is deleted."""
     if fmt not in FORMATS:
         raise InferenceError(f"--format {fmt}: use {', '.join(FORMATS)}")
     predictor = Predictor.from_checkpoint(checkpoint_path, plugin_refs, device="cpu")
     model, multiple = predictor.model, predictor.multiple
-    metadata = _export_metadata(predictor.manifest, multiple)
-    sizes = check_sizes(predictor.input_size, multiple)
     generator = torch.Generator().manual_seed(seed)
-    inputs = [torch.randn(n, predictor.in_channels, h, w, generator=generator) for n, h, w in sizes]
-
+    inputs = [torch.randn(n, predictor.in_channels, h, w, generator=generator)
+              for n, h, w in example_shapes(predictor.input_size, multiple)]
     remote = storage.is_uri(out)
     holder = tempfile.TemporaryDirectory(prefix="unet-zoo-export-") if remote else None
     local = os.path.join(holder.name, Path(out.split("?")[0]).name) if holder else os.path.abspath(out)
     try:
         Path(local).parent.mkdir(parents=True, exist_ok=True)
-        if fmt == "onnx":
-            method = _export_onnx(model, inputs[0], local, multiple, metadata)
-            run = _run_onnx(local)
-        elif fmt == "safetensors":
-            method = _export_safetensors(model, local, {**predictor.manifest, "input_multiple": multiple})
-            run = _run_safetensors(local)
-        else:
-            method = _export_torchscript(model, inputs[0], local, metadata)
-            run = _run_torchscript(local)
-        files = [(local, out)]  # (written here, where it belongs)
-        if fmt == "safetensors":
-            files.append((safetensors_manifest_path(local), safetensors_manifest_path(out)))
-        checks = []
-        for x in inputs:
-            with torch.no_grad():
-                reference = model(x).float().numpy()
-            try:
-                got = np.asarray(run(x))
-            except Exception as exc:
-                raise InferenceError(f"the exported {fmt} model failed on input {tuple(x.shape)}: "
-                                     f"{one_line(exc)}; it does not accept dynamic sizes") from None
-            if got.shape != reference.shape:
-                raise InferenceError(f"the exported {fmt} model gave shape {got.shape} for input {tuple(x.shape)}, "
-                                     f"PyTorch {reference.shape}")
-            diff = float(np.abs(got - reference).max())
-            tolerance = EXPORT_TOLERANCE * max(1.0, float(np.abs(reference).max()))
-            checks.append({"shape": list(x.shape), "max_abs_diff": diff, "tolerance": tolerance})
-            if verbose:
-                print(f"check {'x'.join(map(str, x.shape))}: max abs diff vs PyTorch {diff:.3g} "
-                      f"(tolerance {tolerance:.3g})")
-            if not diff <= tolerance:
-                for written, _ in files:
-                    os.remove(written)
-                raise InferenceError(f"the exported {fmt} model differs from PyTorch by {diff:.3g} on input "
-                                     f"{tuple(x.shape)} (tolerance {tolerance:.3g} = {EXPORT_TOLERANCE:g} x max(1, "
-                                     "max |logit|)); nothing was written")
-        if remote:
-            for written, target in files:
-                storage.write_bytes(target, Path(written).read_bytes())
+        method, run, written = _write_format(fmt, model, inputs[0], local, multiple, predictor)
+        try:
+            checks = [_check(fmt, model, run, x, verbose) for x in inputs]
+        except InferenceError:
+            for path in written:
+                os.remove(path)
+            raise
+        if remote:  # where each file belongs: the model at `out`, safetensors' manifest beside it
+            targets = {local: out, safetensors_manifest_path(local): safetensors_manifest_path(out)}
+            for path in written:
+                storage.write_bytes(targets[path], Path(path).read_bytes())
     finally:
         if holder is not None:
             holder.cleanup()

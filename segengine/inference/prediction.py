@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -21,6 +22,7 @@ from PIL import Image
 import segdata
 from segdata.folder import IMAGE_EXTENSIONS, natural_key
 from segengine import storage
+from segengine.config import OVERLAP_RANGE, overlap_ok
 from segengine.inference.batch_jobs import map_items
 from segengine.inference.predictor import BATCH, InferenceError, Predictor, open_predictor
 
@@ -117,7 +119,7 @@ def output_stems(paths: Sequence[str]) -> list[str]:
     return stems
 
 
-def predict_batch(predictor: Predictor, batch: dict[str, np.ndarray], *, out: str, tile: bool | None,
+def predict_batch(predictor: Predictor, batch: dict[str, np.ndarray], *, out: str, sliding: bool | None,
                   overlap: float | None) -> dict[str, np.ndarray]:
     """Read, predict and write one batch of inputs (in this process or in a Ray Data actor): per input, whether
     it was written, why not, and its per-class pixel counts (JSON)."""
@@ -130,7 +132,7 @@ def predict_batch(predictor: Predictor, batch: dict[str, np.ndarray], *, out: st
         except (segdata.DataError, OSError, ValueError) as exc:
             reasons[i] = str(exc).replace(f"{path}: ", "") or type(exc).__name__
     readable = sorted(images)
-    scores = predictor.batch_scores([images[i] for i in readable], tile=tile, overlap=overlap)
+    scores = predictor.batch_scores([images[i] for i in readable], sliding=sliding, overlap=overlap)
     counts = [""] * len(paths)
     for i, score in zip(readable, scores, strict=True):
         mask = score.argmax(axis=0).astype(np.uint8)
@@ -142,15 +144,15 @@ def predict_batch(predictor: Predictor, batch: dict[str, np.ndarray], *, out: st
             "counts": np.asarray(counts, dtype=object)}
 
 
-def predict(checkpoint_path: str, inputs: Sequence[str], out: str, *, tile: bool | None = None,
+def predict(checkpoint_path: str, inputs: Sequence[str], out: str, *, sliding: bool | None = None,
             overlap: float | None = None, mirror: bool | None = None, counts: bool = False,
             plugin_refs: Sequence[str] | None = None, verbose: bool = True, amp: bool = True, device: str = "cpu",
             batch_size: int = BATCH, workers: int = 1, address: str | None = None) -> PredictResult:
     """Masks (original size), colour masks, overlays and cut-outs for every readable input, from a checkpoint or
     an exported .onnx file, in this process or (`workers` > 1) on Ray Data actors; unreadable inputs are reported
     and skipped. Writes `summary.json` (images, img/s, skipped inputs and why, nodes used) beside the masks."""
-    if overlap is not None and not 0 <= overlap < 1:
-        raise InferenceError(f"--overlap {overlap}: use a fraction from 0 (no overlap) to below 1, e.g. 0.25")
+    if overlap is not None and not overlap_ok(overlap):
+        raise InferenceError(f"--overlap {overlap}: use {OVERLAP_RANGE}")
     if workers < 1:
         raise InferenceError(f"--workers {workers}: use 1 (this process) or more (Ray Data actors)")
     predictor = open_predictor(checkpoint_path, plugin_refs, verbose, mirror, amp,
@@ -163,12 +165,31 @@ def predict(checkpoint_path: str, inputs: Sequence[str], out: str, *, tile: bool
     for path, why in missing:
         print(f"skipped {path}: {why}", file=sys.stderr)
     items = [{"path": p, "stem": s} for p, s in zip(paths, output_stems(paths), strict=True)]
-    job_kwargs = {"out": out, "tile": tile, "overlap": overlap}
     started = time.perf_counter()
     if verbose and workers == 1:
         print(f"predicting {len(paths)} image(s) on {predictor.description}", file=sys.stderr)
-    rows = map_items(predictor, items, predict_batch, job_kwargs, workers=workers, address=address,
-                     plugin_refs=list(plugin_refs or []), device=device, desc="predict", progress=verbose)
+    rows = map_items(predictor, items, predict_batch, {"out": out, "sliding": sliding, "overlap": overlap},
+                     workers=workers, address=address, plugin_refs=list(plugin_refs or []), device=device,
+                     desc="predict", progress=verbose)
+    pixel_counts, nodes, ray_start_s = _collect(rows, result)
+    order = {p: i for i, p in enumerate(paths)}
+    result.written.sort(key=order.__getitem__)
+    seconds = time.perf_counter() - started
+    summary = {"checkpoint": predictor.path or checkpoint_path, "images": len(paths),
+               "written": len(result.written), "skipped": [{"input": p, "why": why} for p, why in result.skipped],
+               "seconds": round(seconds, 3), "images_per_s": round(len(result.written) / max(seconds, 1e-9), 3),
+               "workers": workers, "nodes": nodes or None, "ray_start_s": round(ray_start_s, 3) if nodes else None}
+    storage.write_bytes(storage.join(out, "summary.json"), json.dumps(summary, indent=2).encode())
+    if counts:
+        _write_counts(out, [pixel_counts[p] for p in result.written], result.written, predictor.class_names)
+    if verbose:
+        _print_summary(summary, result, out, counts)
+    return result
+
+
+def _collect(rows, result: PredictResult) -> tuple[dict[str, list[int]], dict[str, int], float]:
+    """Each row of the batches into the result (written or skipped, with why): pixel counts per input, images
+    per node (Ray Data actors) and the pool's start-up."""
     pixel_counts: dict[str, list[int]] = {}
     nodes: dict[str, int] = {}
     ray_start_s = 0.0
@@ -182,24 +203,15 @@ def predict(checkpoint_path: str, inputs: Sequence[str], out: str, *, tile: bool
         pixel_counts[row["path"]] = json.loads(row["counts"])
         if "node" in row:
             nodes[row["node"]] = nodes.get(row["node"], 0) + 1
-    seconds = time.perf_counter() - started
-    order = {p: i for i, p in enumerate(paths)}
-    result.written.sort(key=order.__getitem__)
-    summary = {"checkpoint": predictor.path or checkpoint_path, "images": len(paths),
-               "written": len(result.written), "skipped": [{"input": p, "why": why} for p, why in result.skipped],
-               "seconds": round(seconds, 3), "images_per_s": round(len(result.written) / max(seconds, 1e-9), 3),
-               "workers": workers, "nodes": nodes or None, "ray_start_s": round(ray_start_s, 3) if nodes else None}
-    storage.write_bytes(storage.join(out, "summary.json"), json.dumps(summary, indent=2).encode())
-    if counts:
-        _write_counts(out, [pixel_counts[p] for p in result.written], result.written, predictor.class_names)
-    if verbose:
-        what = "masks, colour masks, overlays, cut-outs" + (" and counts.csv" if counts else "")
-        spread = ", ".join(f"{node}: {n}" for node, n in sorted(nodes.items()))
-        where = f" on {len(nodes)} node(s) ({spread})" if nodes else ""
-        print(f"wrote {what} for {len(result.written)} image(s) to {out} in {seconds:.1f} s "
-              f"({summary['images_per_s']:.2f} img/s{where})"
-              + (f"; skipped {len(result.skipped)} unreadable input(s), listed in summary.json" if result.skipped
-                 else ""))
-    return result
+    return pixel_counts, nodes, ray_start_s
 
 
+def _print_summary(summary: dict[str, Any], result: PredictResult, out: str, counts: bool) -> None:
+    what = "masks, colour masks, overlays, cut-outs" + (" and counts.csv" if counts else "")
+    nodes = summary["nodes"] or {}
+    spread = ", ".join(f"{node}: {n}" for node, n in sorted(nodes.items()))
+    where = f" on {len(nodes)} node(s) ({spread})" if nodes else ""
+    print(f"wrote {what} for {len(result.written)} image(s) to {out} in {summary['seconds']:.1f} s "
+          f"({summary['images_per_s']:.2f} img/s{where})"
+          + (f"; skipped {len(result.skipped)} unreadable input(s), listed in summary.json" if result.skipped
+             else ""))

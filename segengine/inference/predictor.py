@@ -18,9 +18,9 @@ import torch
 
 import segdata
 from segdata.files import to_channels
-from segdata.meta import default_palette
 from segengine import checkpoint as ckpt
 from segengine import storage
+from segengine.manifest import Manifest
 from segengine.precision import Precision
 from segengine.windows import mirrored_probabilities, sliding_probabilities
 from zoo._errors import one_line
@@ -55,7 +55,7 @@ def resolve_device(name: str | torch.device) -> torch.device:
 class Predictor:
     """A model in eval mode on one device plus what its manifest says about inputs and outputs."""
 
-    def __init__(self, model: torch.nn.Module, manifest: dict[str, Any], amp: bool = True,
+    def __init__(self, model: torch.nn.Module, manifest: Manifest, amp: bool = True,
                  mirror: bool | None = None, device: str | torch.device = "cpu", batch_size: int = BATCH) -> None:
         """`amp`: bf16/fp16 autocast where `device` computes it natively (`segengine.precision`), else fp32.
         `mirror` overrides the recipe's test-time flips (None: as the manifest says); the override is kept in
@@ -66,38 +66,30 @@ class Predictor:
         self.model: torch.nn.Module | None = self.precision.model(model.eval().to(self.device))
         self._describe(manifest, mirror, int(getattr(getattr(model, "spec", None), "input_multiple", 1)), batch_size)
 
-    def _describe(self, manifest: dict[str, Any], mirror: bool | None, multiple: int, batch_size: int) -> None:
+    def _describe(self, manifest: Manifest, mirror: bool | None, multiple: int, batch_size: int) -> None:
         """Inputs, outputs and inference mode from a checkpoint manifest (or an exported file's metadata)."""
         if batch_size < 1:
             raise InferenceError(f"--batch-size {batch_size}: use 1 or more images or windows per forward pass")
         self.batch_size = batch_size
-        recorded = dict(manifest.get("inference") or {})  # checkpoints from before this key letterboxed
+        mode = manifest.inference
+        if mode.window is None:
+            mode = mode.model_copy(update={"window": manifest.input_size})
         if mirror is not None:
-            recorded["mirror"] = mirror
-            manifest = {**manifest, "inference": recorded}
-        self.manifest = manifest
+            mode = mode.model_copy(update={"mirror": mirror})
+        self.manifest = manifest.model_copy(update={"inference": mode})
+        self.inference = mode
         self.path: str | None = None  # the checkpoint folder or exported file, when built from one
-        self.num_classes = int(manifest["num_classes"])
-        self.class_names = [str(n) for n in manifest.get("class_names") or range(self.num_classes)]
-        self.in_channels = int(manifest["in_channels"])
-        self.input_size = (int(manifest["input_size"][0]), int(manifest["input_size"][1]))
-        norm = manifest["normalization"]
-        self.mean = [float(v) for v in norm["mean"]]
-        self.std = [float(v) for v in norm["std"]]
-        clip = (norm["low"], norm["high"]) if "low" in norm else None  # a planned normalisation clips first
-        colors = list(manifest.get("colors") or [])
-        if len(colors) < self.num_classes:
-            colors = default_palette(self.num_classes)
-        self.palette = np.asarray(colors[: self.num_classes], np.uint8).reshape(self.num_classes, 3)
+        self.num_classes = manifest.num_classes
+        self.class_names = manifest.class_names
+        self.in_channels = manifest.in_channels
+        self.input_size = manifest.input_size
+        norm = manifest.normalization
+        self.mean, self.std = list(norm.mean), list(norm.std)
+        self.palette = np.asarray(manifest.colors[: self.num_classes], np.uint8).reshape(self.num_classes, 3)
         self.multiple = multiple
-        self.transform = segdata.EvalTransform(self.input_size, self.mean, self.std, clip)
-        self.native = segdata.NativeTransform(self.mean, self.std, clip)
-        self.pad_value = segdata.normalised_grey(self.mean, self.std, clip)
-        self.inference = {"mode": recorded.get("mode", "letterbox"),
-                          "window": [int(v) for v in recorded.get("window", self.input_size)],
-                          "overlap": float(recorded.get("overlap", 0.25)),
-                          "mirror": bool(recorded.get("mirror", False)),
-                          "scale": float(recorded.get("scale", 1.0))}
+        self.transform = segdata.EvalTransform(self.input_size, self.mean, self.std, norm.clip)
+        self.native = segdata.NativeTransform(self.mean, self.std, norm.clip)
+        self.pad_value = segdata.normalised_grey(self.mean, self.std, norm.clip)
 
     @classmethod
     def from_checkpoint(cls, path: str, plugin_refs: Sequence[str] | None = None, verbose: bool = True,
@@ -137,7 +129,7 @@ class Predictor:
                 xs.append(x)
                 boxes.append(box)
             batch = torch.from_numpy(np.stack(xs))
-            if self.inference["mirror"]:  # log of the flip-averaged softmax: logits of the same argmax and softmax
+            if self.inference.mirror:  # log of the flip-averaged softmax: logits of the same argmax and softmax
                 logits = torch.log(mirrored_probabilities(self.forward, batch, True).clamp_min(1e-8)).cpu().numpy()
             else:
                 logits = self.forward(batch).cpu().numpy()
@@ -148,39 +140,37 @@ class Predictor:
         x, _, _ = self.native(self.channels(image))
         return x
 
-    def uses_windows(self, tile: bool | None) -> bool:
-        """--tile / --no-tile, else what the checkpoint's recipe validated with."""
-        return self.inference["mode"] == "sliding" if tile is None else tile
+    def uses_sliding(self, sliding: bool | None) -> bool:
+        """--sliding / --no-sliding, else what the checkpoint's recipe validated with."""
+        return self.inference.sliding if sliding is None else sliding
 
     @torch.no_grad()
-    def tiled_probabilities(self, image: np.ndarray, overlap: float | None = None) -> np.ndarray:
+    def sliding_probabilities(self, image: np.ndarray, overlap: float | None = None) -> np.ndarray:
         """C x H x W class probabilities from sliding windows at the image's own resolution (`segengine.windows`;
         the window and mirroring are the ones the recipe validated with, else the input size, no flips)."""
-        overlap = self.inference["overlap"] if overlap is None else overlap
-        if not 0 <= overlap < 1:
-            raise InferenceError(f"--overlap {overlap}: use a fraction from 0 (no overlap) to below 1, e.g. 0.25")
+        overlap = self.inference.overlap if overlap is None else overlap  # a bad one: ValueError from the windows
         x = torch.from_numpy(self._normalise(image)).to(self.device)
-        probs = sliding_probabilities(self.forward, x, self.inference["window"], overlap, self.num_classes,
-                                      self.pad_value, batch=self.batch_size, mirror=self.inference["mirror"],
-                                      scale=self.inference["scale"])
+        probs = sliding_probabilities(self.forward, x, self.inference.window, overlap, self.num_classes,
+                                      self.pad_value, batch=self.batch_size, mirror=self.inference.mirror,
+                                      scale=self.inference.scale)
         return probs.cpu().numpy()
 
-    def batch_scores(self, images: Sequence[np.ndarray], *, tile: bool | None = None,
+    def batch_scores(self, images: Sequence[np.ndarray], *, sliding: bool | None = None,
                      overlap: float | None = None) -> list[np.ndarray]:
         """Per image: C x H x W scores at its original size (log-probabilities for windows, logits for letterbox);
         letterboxed images share forward passes, windows are batched within each image."""
-        if self.uses_windows(tile):
-            return [np.log(np.maximum(self.tiled_probabilities(image, overlap), 1e-8)) for image in images]
+        if self.uses_sliding(sliding):
+            return [np.log(np.maximum(self.sliding_probabilities(image, overlap), 1e-8)) for image in images]
         return self.letterbox_logits(images)
 
-    def scores(self, image: np.ndarray, *, tile: bool | None = None, overlap: float | None = None) -> np.ndarray:
+    def scores(self, image: np.ndarray, *, sliding: bool | None = None, overlap: float | None = None) -> np.ndarray:
         """`batch_scores` of one image."""
-        return self.batch_scores([image], tile=tile, overlap=overlap)[0]
+        return self.batch_scores([image], sliding=sliding, overlap=overlap)[0]
 
-    def predict_mask(self, image: np.ndarray, *, tile: bool | None = None, overlap: float | None = None
+    def predict_mask(self, image: np.ndarray, *, sliding: bool | None = None, overlap: float | None = None
                      ) -> np.ndarray:
         """H x W uint8 class ids at the image's original size."""
-        return self.scores(image, tile=tile, overlap=overlap).argmax(axis=0).astype(np.uint8)
+        return self.scores(image, sliding=sliding, overlap=overlap).argmax(axis=0).astype(np.uint8)
 
 
 class OnnxPredictor(Predictor):
@@ -202,6 +192,7 @@ class OnnxPredictor(Predictor):
             raise InferenceError(f"{path}: no '{ONNX_METADATA_KEY}' metadata (not written by `launch.py export`, or "
                                  "a model over 1.8 GiB exported with external data); predict from its checkpoint")
         metadata = json.loads(props[ONNX_METADATA_KEY])
+        manifest = Manifest.from_dict(metadata)
         available = ort.get_available_providers()
         chosen = [p for p in (providers or ("CUDAExecutionProvider", "CPUExecutionProvider")) if p in available]
         self.session = ort.InferenceSession(data, providers=chosen or ["CPUExecutionProvider"])
@@ -210,7 +201,7 @@ class OnnxPredictor(Predictor):
         self.amp = False
         self.precision = Precision(self.device, amp=False)
         self.model = None
-        self._describe(metadata, mirror, int(metadata.get("input_multiple", 1)), batch_size)
+        self._describe(manifest, mirror, int(metadata.get("input_multiple", 1)), batch_size)
         self.path = path
 
     @property

@@ -19,7 +19,7 @@ import yaml
 
 from segengine import storage
 from segengine.cluster import redact
-from segengine.config import TrainConfig
+from segengine.config import TrainConfig, ranked
 from segengine.runprep import RunError
 from segengine.tuning.progress import fmt
 from segengine.tuning.space import sampled_value, trial_train_config
@@ -38,7 +38,7 @@ def best_checkpoint(result, metric: str, mode: str) -> str | None:
     df = result.metrics_dataframe
     if df is None or metric not in df.columns or "checkpoint_path" not in df.columns or df[metric].isna().all():
         return None
-    row = df[metric].idxmax() if mode == "max" else df[metric].idxmin()
+    row = max(df.index, key=lambda i: ranked(df.loc[i, metric], mode))
     return str(df.loc[row, "checkpoint_path"]) or None
 
 
@@ -78,8 +78,7 @@ def _row(result, cfg: TrainConfig, tune_dir: str, searched: dict[str, tuple[str,
     hist = df if df is not None and metric in getattr(df, "columns", []) else None
     values = hist[metric].tolist() if hist is not None else []
     epochs = hist["epoch"].tolist() if hist is not None else []
-    finite = [v for v in values if v == v]
-    best_value = (max(finite) if mode == "max" else min(finite)) if finite else float("nan")
+    best_value = max(values, key=lambda v: ranked(v, mode), default=float("nan"))
     status = _status(result, hist, epochs, max_epochs, completed)
     seconds = float(hist["time_total_s"].iloc[-1]) if hist is not None and "time_total_s" in hist.columns else 0.0
     startup = (float(hist["time_this_iter_s"].iloc[0] - hist["epoch_time_s"].iloc[0])
@@ -99,13 +98,12 @@ def finish(grid, cfg: TrainConfig, num_classes: int, tune_dir: str, searched: di
     """Results table (printed + CSV) from Tune's ResultGrid, best.yaml, curves plot; `budget`: (the search's time
     budget, the seconds it ran) and `completed`, the trials Tune completed (the others were cut by the budget)."""
     metric, mode = cfg.metric, cfg.mode
-    sign = 1 if mode == "max" else -1
     rows, curves = [], {}
     for result in grid:
         row, curve = _row(result, cfg, tune_dir, searched, max_epochs, completed if budget else None)
         curves[row["trial"]] = curve
         rows.append(row)
-    rows.sort(key=lambda r: (-sign * r[f"best_{metric}"]) if r[f"best_{metric}"] == r[f"best_{metric}"] else math.inf)
+    rows.sort(key=lambda r: -ranked(r[f"best_{metric}"], mode))
     best_id = _best_trial(grid, metric, mode)
     best = next((r for r in rows if r["trial"] == best_id and math.isfinite(r[f"best_{metric}"])), None)
     best_ckpt = best["checkpoint"] if best else None

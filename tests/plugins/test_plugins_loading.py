@@ -91,10 +91,13 @@ def test_provenance_names_the_plugin_file_or_the_distribution(tmp_path, monkeypa
 
 def test_a_checkpoint_of_a_missing_plugin_names_what_to_install(tmp_path):
     from segengine import checkpoint
+    from segengine.manifest import Manifest
 
-    manifest = {"encoder": "acme-gone", "num_classes": 2, "in_channels": 1, "plugins": [],
-                "encoder_source": {"kind": "entry point", "entry_point": "acme = acme_unet.encoders",
-                                   "distribution": "acme-unet-encoders", "version": "0.1.0"}}
+    manifest = Manifest.from_dict({
+        "encoder": "acme-gone", "num_classes": 2, "in_channels": 1, "plugins": [], "input_size": [32, 32],
+        "normalization": {"mean": [127.5], "std": [127.5]},
+        "encoder_source": {"kind": "entry point", "entry_point": "acme = acme_unet.encoders",
+                           "distribution": "acme-unet-encoders", "version": "0.1.0"}})
     folder = checkpoint.write(tmp_path / "checkpoint_epoch_0001", {"model": {}}, manifest)
     with pytest.raises(checkpoint.CheckpointError) as err:
         checkpoint.build_model(str(folder))

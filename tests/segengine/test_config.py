@@ -139,3 +139,10 @@ def test_recipe_point_is_the_recipes_values_inside_the_ranges():
     assert point(3e-3, ["adam", "adamw"]) == {"train/lr": 3e-3, "train/optimizer": "adamw", "class_weights/1": 1.0}
     assert point(3e-2, ["adam", "adamw"]) is None  # outside the searched range: no warm start
     assert point(3e-3, ["adam", "sgd"]) is None
+
+
+def test_the_cli_spells_the_label_modes_as_the_data_pipeline_does():
+    import segdata.meta
+    from segengine import config
+
+    assert config.LABEL_MODES == segdata.meta.LABEL_MODES

@@ -14,6 +14,7 @@ from PIL import Image
 import segdata
 from launch import main
 from segengine import checkpoint, inference
+from segengine.manifest import Manifest
 from segengine.windows import MIRRORS
 
 
@@ -83,7 +84,7 @@ def test_predict_odd_sizes_tiles_and_bad_inputs(ckpt, synth_root, tmp_path, caps
     Image.fromarray(mosaic).save(inputs / "large.png")
     (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     out = tmp_path / "out"
-    code = main(["predict", ckpt, str(inputs), str(tmp_path / "nothing-*.png"), "--out", str(out), "--tile",
+    code = main(["predict", ckpt, str(inputs), str(tmp_path / "nothing-*.png"), "--out", str(out), "--sliding",
                  "--counts"])
     err = capsys.readouterr().err
     assert code == 1  # some inputs skipped, the others written
@@ -99,7 +100,7 @@ def test_predict_odd_sizes_tiles_and_bad_inputs(ckpt, synth_root, tmp_path, caps
     assert tiled_accuracy > 0.8, tiled_accuracy
     colour = np.array(Image.open(out / "large_color.png"))
     manifest = checkpoint.read_manifest(ckpt)
-    np.testing.assert_array_equal(colour[mask == 1][0], manifest["colors"][1])
+    np.testing.assert_array_equal(colour[mask == 1][0], manifest.colors[1])
     with open(out / "counts.csv") as f:
         rows = list(csv.DictReader(f))
     assert [Path(r["image"]).name for r in rows] == ["large.png", "odd0.png", "odd1.png"]
@@ -134,7 +135,7 @@ def test_tiled_prediction_of_one_window_is_one_pass(ckpt):
     """The predictor's windows (segengine.windows): an image exactly one window large equals one pass."""
     predictor = inference.Predictor.from_checkpoint(ckpt)
     image = np.random.default_rng(0).integers(0, 256, (64, 64, 1), dtype=np.uint8)
-    probs = predictor.tiled_probabilities(image, 0.25)
+    probs = predictor.sliding_probabilities(image, 0.25)
     with torch.no_grad():
         mean, std = predictor.mean[0], predictor.std[0]
         x = torch.from_numpy(((image[:, :, 0].astype(np.float32) - mean) / std)[None, None])
@@ -148,10 +149,10 @@ def test_tta_flip_overrides_the_recipe_in_both_modes_and_travels_with_the_manife
     predictor from) says so too."""
     plain = inference.Predictor.from_checkpoint(ckpt)
     mirrored = inference.Predictor.from_checkpoint(ckpt, mirror=True)
-    assert plain.inference["mirror"] is False and mirrored.inference["mirror"] is True
-    assert inference.Predictor(mirrored.model, mirrored.manifest).inference["mirror"] is True
+    assert plain.inference.mirror is False and mirrored.inference.mirror is True
+    assert inference.Predictor(mirrored.model, mirrored.manifest).inference.mirror is True
     image = np.random.default_rng(1).integers(0, 256, (64, 80, 1), dtype=np.uint8)
-    a, b = plain.tiled_probabilities(image), mirrored.tiled_probabilities(image)
+    a, b = plain.sliding_probabilities(image), mirrored.sliding_probabilities(image)
     assert a.shape == b.shape and np.abs(a - b).max() > 1e-4
     # letterbox: the log of the mean of the four flipped passes' softmax, mapped back to the image's size
     x, _, box = mirrored.transform(mirrored.channels(image))
@@ -162,10 +163,10 @@ def test_tta_flip_overrides_the_recipe_in_both_modes_and_travels_with_the_manife
     np.testing.assert_allclose(mirrored.letterbox_logits([image])[0], expected, atol=1e-4)
     assert np.abs(plain.letterbox_logits([image])[0] - expected).max() > 1e-3
     Image.fromarray(image[:, :, 0]).save(tmp_path / "in.png")
-    assert main(["predict", ckpt, str(tmp_path / "in.png"), "--out", str(tmp_path / "out"), "--no-tile",
+    assert main(["predict", ckpt, str(tmp_path / "in.png"), "--out", str(tmp_path / "out"), "--no-sliding",
                  "--tta", "flip"]) == 0
     written = np.array(Image.open(tmp_path / "out" / "in_mask.png"))
-    np.testing.assert_array_equal(written, mirrored.predict_mask(image, tile=False))
+    np.testing.assert_array_equal(written, mirrored.predict_mask(image, sliding=False))
     with pytest.raises(SystemExit):
         main(["predict", ckpt, str(tmp_path / "in.png"), "--out", str(tmp_path / "o2"), "--tta", "rotate"])
     assert "--tta: invalid choice: 'rotate'" in capsys.readouterr().err
@@ -210,15 +211,15 @@ def _prediction_inputs(pairs, folder: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("tile", ["--tile", "--no-tile"])
-def test_predict_from_the_onnx_file_alone_matches_the_checkpoint(ckpt, synth_root, tmp_path, tile, capsys):
+@pytest.mark.parametrize("sliding", ["--sliding", "--no-sliding"])
+def test_predict_from_the_onnx_file_alone_matches_the_checkpoint(ckpt, synth_root, tmp_path, sliding, capsys):
     """`predict model.onnx`: no checkpoint, plugin or model code; masks equal the checkpoint's fp32 masks."""
     inputs = _prediction_inputs(_val_pairs(synth_root), tmp_path / "in")
     onnx_path = tmp_path / "deploy" / "model.onnx"
     inference.export(ckpt, "onnx", str(onnx_path), verbose=False)
-    assert main(["predict", ckpt, str(inputs), "--out", str(tmp_path / "torch"), tile, "--no-amp",
+    assert main(["predict", ckpt, str(inputs), "--out", str(tmp_path / "torch"), sliding, "--no-amp",
                  "--device", "cpu"]) == 0
-    assert main(["predict", str(onnx_path), str(inputs), "--out", str(tmp_path / "onnx"), tile,
+    assert main(["predict", str(onnx_path), str(inputs), "--out", str(tmp_path / "onnx"), sliding,
                  "--batch-size", "3"]) == 0
     assert "onnxruntime CPUExecutionProvider, batch 3" in capsys.readouterr().err
     for stem in ("odd0", "odd1", "large"):
@@ -283,8 +284,9 @@ def test_batch_size_device_and_precision_flags(ckpt, synth_root, tmp_path, capsy
     one = inference.Predictor.from_checkpoint(ckpt, amp=False, batch_size=1)
     eight = inference.Predictor.from_checkpoint(ckpt, amp=False, batch_size=8, device="auto")
     assert eight.description.startswith("cuda" if torch.cuda.is_available() else "cpu, fp32, batch 8")
-    for tile in (False, True):
-        for a, b in zip(one.batch_scores(images, tile=tile), eight.batch_scores(images, tile=tile), strict=True):
+    for sliding in (False, True):
+        pairs = zip(one.batch_scores(images, sliding=sliding), eight.batch_scores(images, sliding=sliding), strict=True)
+        for a, b in pairs:
             np.testing.assert_allclose(a, b, atol=1e-4)
     (tmp_path / "in.png").write_bytes(b"")
     flags = [["--batch-size", "0"]] + ([] if torch.cuda.is_available() else [["--device", "cuda"]])
@@ -338,11 +340,11 @@ def test_checkpoint_from_missing_plugin_names_it(ckpt, tmp_path, capsys):
     """From its manifest's encoder_source (a module plugin here), or, in checkpoints from before that key, from
     the plugins the run named."""
     state, manifest = checkpoint.load(ckpt)
-    older = {k: v for k, v in manifest.items() if k != "encoder_source"}
+    older = {k: v for k, v in manifest.to_dict().items() if k != "encoder_source"}
     for name, extra in (("plugin_ckpt", {"encoder_source": {"kind": "module", "module": "acme_zoo_encoders"}}),
                         ("old_ckpt", {})):
-        folder = checkpoint.write(tmp_path / name, state,
-                                  {**older, "encoder": "acme-unet9", "plugins": ["acme_zoo_encoders"], **extra})
+        folder = checkpoint.write(tmp_path / name, state, Manifest.from_dict(
+            {**older, "encoder": "acme-unet9", "plugins": ["acme_zoo_encoders"], **extra}))
         code = main(["export", str(folder), "--format", "onnx", "--out", str(tmp_path / "m.onnx")])
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1

@@ -8,6 +8,7 @@ from engine_helpers import tiny_config
 from segengine import checkpoint
 from segengine.config import AugmentConfig
 from segengine.inference import evaluate
+from segengine.manifest import InferenceMode
 from segengine.training import train
 
 SET = "synth:seed=0,n_train=8,n_val=4,size=64"
@@ -23,13 +24,12 @@ def _cfg(tmp_path, name: str, epochs: int, schedule: str = "cosine"):
 def test_patch_run_validates_with_windows_and_evaluate_follows_the_manifest(tmp_path):
     summary = train(_cfg(tmp_path, "p", 2))
     manifest = checkpoint.read_manifest(summary["best_checkpoint"])
-    assert manifest["inference"] == {"mode": "sliding", "window": [48, 48], "overlap": 0.25,
-                                     "mirror": False}
-    assert manifest["metrics"]["steps"] == 3 * (manifest["epoch"] + 1)  # 12 crops / batch 4 per epoch
+    assert manifest.inference == InferenceMode(mode="sliding", window=(48, 48), overlap=0.25, mirror=False)
+    assert manifest.metrics["steps"] == 3 * (manifest.epoch + 1)  # 12 crops / batch 4 per epoch
     scored = evaluate(summary["best_checkpoint"], SET, out=str(tmp_path / "eval"), verbose=False).metrics
     assert scored["inference"]["mode"] == "sliding"  # no flag needed
-    assert scored["miou"] == pytest.approx(manifest["metrics"]["val_miou"], abs=1e-3)
-    letterboxed = evaluate(summary["best_checkpoint"], SET, out=str(tmp_path / "lb"), verbose=False, tile=False)
+    assert scored["miou"] == pytest.approx(manifest.metrics["val_miou"], abs=1e-3)
+    letterboxed = evaluate(summary["best_checkpoint"], SET, out=str(tmp_path / "lb"), verbose=False, sliding=False)
     assert letterboxed.metrics["inference"] == {"mode": "letterbox"}
 
 

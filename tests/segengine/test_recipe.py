@@ -147,5 +147,5 @@ def test_checkpoints_only_at_validated_epochs(tmp_path):
     trainer = Trainer(cfg, reporter, validate_data(cfg)[1], verbose=False)
     trainer.fit()
     assert [h["validated"] for h in trainer.history] == [1, 1, 0, 1, 1]  # the first, every 2nd, the last
-    saved = [checkpoint.read_manifest(p)["epoch"] + 1 for p in checkpoint.list_complete(str(tmp_path / "v"))]
+    saved = [checkpoint.read_manifest(p).epoch + 1 for p in checkpoint.list_complete(str(tmp_path / "v"))]
     assert saved == [1, 2, 4, 5]

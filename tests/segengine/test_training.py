@@ -46,8 +46,8 @@ def test_two_workers_learn(trained_run, tmp_path):
 
 def test_checkpoint_is_complete_and_safe(trained_run):
     state, manifest = checkpoint.load(trained_run["best_checkpoint"])
-    assert manifest["encoder"] == "mini" and manifest["num_classes"] == 2 and manifest["in_channels"] == 1
-    assert manifest["config"]["lr"] == 3e-3 and manifest["normalization"]["mean"] == [127.5]
+    assert manifest.encoder == "mini" and manifest.num_classes == 2 and manifest.in_channels == 1
+    assert manifest.config["lr"] == 3e-3 and manifest.normalization.mean == (127.5,)
     assert "model" in state and "optimizer" in state
     broken = Path(trained_run["best_checkpoint"]).parent / "broken_copy"
     import shutil
@@ -167,7 +167,7 @@ def test_plugin_file_outside_repo_is_imported_on_workers(ray_local, tmp_path):
     cfg = tiny_config(storage=str(tmp_path), name="plug", epochs=1, encoder="outside-mini",
                       plugins=[str(plugin)])
     summary = train(cfg)
-    assert checkpoint.read_manifest(summary["best_checkpoint"])["encoder"] == "outside-mini"
+    assert checkpoint.read_manifest(summary["best_checkpoint"]).encoder == "outside-mini"
 
 
 
@@ -232,3 +232,42 @@ def test_one_ranks_deterministic_error_is_not_retried(tmp_path):
     assert "\n" not in message
     # the driver builds one model for its checks; each of the 2 ranks built one in the first attempt only
     assert builds.read_text().count("built") <= 3, builds.read_text()
+
+
+def test_a_checkpoints_random_state_continues_every_stream_where_it_stopped():
+    """numpy's generator is restored at its saved position (not at a fresh block), so a resumed run draws exactly
+    the numbers the uninterrupted one would have drawn next."""
+    import random
+
+    import numpy as np
+    import torch
+
+    from segengine.worker import _rng_state, _set_rng_state
+
+    np.random.seed(3)
+    np.random.random(5)  # the generator is mid-block, as it is after any use
+    saved = _rng_state()
+    expected = (np.random.random(4).tolist(), random.random(), torch.rand(2).tolist())
+    np.random.random(100)
+    _set_rng_state(saved)
+    assert (np.random.random(4).tolist(), random.random(), torch.rand(2).tolist()) == expected
+
+
+def test_two_epochs_plus_resume_to_four_equal_four_epochs(tmp_path):
+    """In-process, patch sampling: the resumed run trains the same crops in the same order from the same state, so
+    its final weights equal the uninterrupted run's."""
+    import torch
+
+    common = ["train", "--data", "synth:seed=0,n_train=8,n_val=4,size=64", "--workers", "0", "--sampling", "patch",
+              "--input-size", "32", "32", "--samples-per-epoch", "16", "--batch-size", "4", "--storage", str(tmp_path)]
+    assert main([*common, "--epochs", "4", "--name", "straight"]) == 0
+    assert main([*common, "--epochs", "2", "--name", "resumed"]) == 0
+    assert main([*common, "--epochs", "4", "--name", "resumed", "--resume"]) == 0
+
+    def final(name):
+        return torch.load(tmp_path / name / "checkpoint_epoch_0004" / "state.pt", weights_only=True)["model"]
+
+    straight, resumed = final("straight"), final("resumed")
+    assert all(torch.allclose(straight[k].float(), resumed[k].float(), atol=1e-6) for k in straight)
+    losses = [[row["train_loss"] for row in _history(str(tmp_path / name))] for name in ("straight", "resumed")]
+    assert losses[0] == losses[1]

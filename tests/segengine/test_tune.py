@@ -126,7 +126,7 @@ def test_train_backed_trial_reports_every_epoch_and_its_checkpoint(ray_local, tm
     from segengine import checkpoint
 
     assert checkpoint.is_complete(out["best_checkpoint"])
-    assert checkpoint.read_manifest(out["best_checkpoint"])["config"]["workers"] == 1
+    assert checkpoint.read_manifest(out["best_checkpoint"]).config["workers"] == 1
     model, _ = checkpoint.build_model(out["best_checkpoint"])
     assert model(torch.zeros(1, 1, 64, 64)).shape == (1, 2, 64, 64)
 

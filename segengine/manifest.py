@@ -1,0 +1,125 @@
+"""The checkpoint manifest: the one contract between training and inference, written and read here only.
+
+A checkpoint's `manifest.json` says everything inference needs to rebuild and apply the model without the
+training config: the encoder and its builder options, the classes and how labels encode them (the dataset's
+`DatasetMeta`), input channels and size, the intensity normalisation, the inference mode the recipe validated with,
+and the plugin the encoder came from; plus the resolved config, the epoch, its metrics and package versions.
+`Manifest.from_dict` reads every version written so far (version 1 stored classes, label mode, colours and
+channels twice, at the top and under `dataset`; it has no inference mode before sliding windows existed).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+import segdata
+
+MANIFEST_VERSION = 2
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class InferenceMode(_Frozen):
+    """How the recipe validated, and so how `evaluate`, `predict`, exports and Ray Data actors apply the model by
+    default: letterboxed whole images, or blended sliding windows (at `scale` of the native resolution)."""
+
+    mode: Literal["letterbox", "sliding"] = "letterbox"
+    window: tuple[int, int] | None = None  # sliding windows (None: the training input size)
+    overlap: float = 0.25
+    mirror: bool = False  # the four flips averaged (--tta flip)
+    scale: float = 1.0  # images resampled by this factor before the windows; scores mapped back to native size
+
+    @property
+    def sliding(self) -> bool:
+        return self.mode == "sliding"
+
+
+class Intensity(_Frozen):
+    """Per-channel normalisation in 0..255 units: clip to [low, high] (when given), then (x - mean) / std."""
+
+    name: str = ""
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    low: tuple[float, ...] | None = None
+    high: tuple[float, ...] | None = None
+
+    @property
+    def clip(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        return (self.low, self.high) if self.low is not None and self.high is not None else None
+
+
+class Manifest(_Frozen):
+    """What a checkpoint (or an exported model) says about itself."""
+
+    manifest_version: int = MANIFEST_VERSION
+    encoder: str
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    plugins: list[str] = Field(default_factory=list)
+    encoder_source: dict[str, Any] | None = None  # the plugin distribution an encoder came from
+    dataset: dict[str, Any]  # segdata.DatasetMeta.to_dict(): classes, label mode, colours, channels
+    input_size: tuple[int, int]
+    normalization: Intensity
+    inference: InferenceMode = InferenceMode()
+    config: dict[str, Any] = Field(default_factory=dict)  # the resolved TrainConfig
+    epoch: int = 0
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    versions: dict[str, str | None] = Field(default_factory=dict)
+    state_sha256: str | None = None  # of state.pt, written last so that a complete folder can be told
+
+    @property
+    def meta(self) -> segdata.DatasetMeta:
+        return segdata.DatasetMeta.from_dict(self.dataset)
+
+    @property
+    def class_names(self) -> list[str]:
+        return [str(name) for name in self.dataset["classes"]]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.dataset["classes"])
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.dataset.get("in_channels", 3))
+
+    @property
+    def colors(self) -> list[tuple[int, int, int]]:
+        return self.meta.colors
+
+    @property
+    def label_mode(self) -> str:
+        return str(self.dataset.get("label_mode", "index"))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        """A manifest of any version (1: the dataset's figures also at the top level, and a checkpoint from
+        before sliding windows letterboxed)."""
+        data = dict(data)
+        dataset = dict(data.get("dataset") or {})
+        if "classes" not in dataset:  # the oldest manifests: the dataset only at the top level
+            dataset["classes"] = data.get("class_names") or [str(i) for i in range(int(data["num_classes"]))]
+        for key, top in (("in_channels", "in_channels"), ("label_mode", "label_mode"), ("colors", "colors")):
+            if key not in dataset and top in data:
+                dataset[key] = data[top]
+        dataset.setdefault("root", "")
+        data["dataset"] = dataset
+        data["inference"] = data.get("inference") or {}
+        return cls.model_validate(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def export_view(self) -> dict[str, Any]:
+        """What an exported model carries (ONNX metadata `unet_zoo`, the safetensors header and NAME.json): the
+        dataset's figures flat, for code that has only the file (`zoo.create_model(m["encoder"],
+        m["num_classes"], in_channels=m["in_channels"], **m["model_kwargs"])`); `from_dict` reads it back."""
+        kept = self.model_dump(mode="json", include={"manifest_version", "encoder", "model_kwargs", "plugins",
+                                                     "encoder_source", "input_size", "normalization", "inference",
+                                                     "epoch", "metrics"})
+        return {**kept, "num_classes": self.num_classes, "class_names": self.class_names,
+                "in_channels": self.in_channels, "colors": [list(c) for c in self.colors],
+                "label_mode": self.label_mode}
