@@ -16,7 +16,7 @@ def _add_plugin_flag(p: argparse.ArgumentParser) -> None:
                    help="import a plugin module or .py file that registers encoders (repeatable)")
 
 
-def _add_tile_flag(p: argparse.ArgumentParser) -> None:
+def _add_sliding_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sliding", "--tile", dest="sliding", action=argparse.BooleanOptionalAction, default=None,
                    help="sliding windows at native resolution (--no-sliding: letterbox); default: how the "
                         "checkpoint's recipe validated")
@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help=">1: a pool of N Ray Data predictor actors")
     p.add_argument("--out", default=None, help="folder for JSON/CSV/PNG (default: next to the checkpoint)")
     p.add_argument("--address", default=None)
-    _add_tile_flag(p)
+    _add_sliding_flag(p)
     _add_device_flags(p)
     _add_plugin_flag(p)
 
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="checkpoint, run or search folder, or an exported .onnx file")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders or globs")
     p.add_argument("--out", required=True)
-    _add_tile_flag(p)
+    _add_sliding_flag(p)
     p.add_argument("--overlap", type=float, default=None, help="window overlap (default: the recipe's, or 0.25)")
     p.add_argument("--counts", action="store_true", help="also write per-class pixel counts (CSV)")
     p.add_argument("--workers", type=int, default=1, help=">1: a pool of N Ray Data predictor actors")

@@ -13,7 +13,7 @@ from segdata.check import DataReport, check_dataset, class_frequencies, validate
 from segdata.files import read_image, read_label
 from segdata.folder import Sample, SegFolder, local_samples, natural_key, open_dataset, portable_samples
 from segdata.meta import IGNORE, DataError, DatasetMeta
-from segdata.resolve import resolve_data
+from segdata.resolve import is_synth, resolve_data
 from segdata.transforms import (
     EvalTransform,
     Letterbox,
@@ -30,8 +30,8 @@ __all__ = [
     "IGNORE", "DataError", "DataReport", "DatasetMeta", "EvalTransform", "Letterbox", "NativeTransform",
     "PatchDataset", "PatchTransform", "Sample", "SegFolder", "SegmentationDataset", "TrainTransform",
     "normalised_grey", "check_dataset", "class_frequencies", "open_dataset",
-    "isbi", "local_samples", "natural_key", "portable_samples", "read_image", "read_label", "resolve_data", "synth",
-    "validated_samples",
+    "is_synth", "isbi", "local_samples", "natural_key", "portable_samples", "read_image", "read_label",
+    "resolve_data", "synth", "validated_samples",
 ]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import tempfile
 from functools import lru_cache
 from urllib.parse import unquote, urlsplit
 
@@ -88,6 +89,20 @@ def read_bytes(path_or_uri: str) -> bytes:
         raise DataError(f"{path_or_uri}: file not found") from None
     except OSError as exc:
         raise DataError(f"{path_or_uri}: cannot read ({exc})") from None
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Write a local file through a temporary sibling and a rename, so a reader never sees half of it."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp) if os.path.exists(tmp) else None
+        raise
 
 
 def read_text(path_or_uri: str) -> str:

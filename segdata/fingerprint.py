@@ -3,12 +3,12 @@
 Like nnU-Net's `fingerprint_extractor.py` (sizes, spacings, intensity statistics of the foreground), for 2D images
 and with what a 2D recipe depends on besides: image sizes, channels and bit depth; per-channel intensity statistics
 over all pixels and over each class's pixels (exact, from 256-bin histograms of the decoded uint8 values); class
-shares and how many images hold each class; the **scale of each class's structures**: thickness (twice the distance
-transform on the class mask's ridge: a 3 px line measures 3) and object size (8-connected components: their areas,
-and the equivalent diameter of the component a pixel lies in); thickness and diameter are weighted by pixels, so
-they describe the structure the typical pixel of a class belongs to, not the specks a noisy label leaves; and where
-each class sits vertically (0 top, 1 bottom), which tells upright scenes (sky above road) from orientation-free
-ones (cells, tissue). Pure statistics: no models, no Ray.
+shares and how many images hold each class; the **scale of each class's structures**: thickness (2 d - 1 for the
+distance transform d on the class mask's ridge: a 3 px line measures 3) and object size (8-connected components:
+their areas, and the equivalent diameter of the component a pixel lies in); thickness and diameter are weighted by
+pixels, so they describe the structure the typical pixel of a class belongs to, not the specks a noisy label leaves;
+and where each class sits vertically (0 top, 1 bottom), which tells upright scenes (sky above road) from
+orientation-free ones (cells, tissue). Pure statistics: no models, no Ray.
 
 The result is cached under `$UNET_ZOO_CACHE/fingerprints/` by a digest of the split's file contents and the label
 settings, so a second run reads it back in the time it takes to hash the files.
@@ -20,7 +20,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,10 +31,10 @@ import numpy as np
 
 from segdata import files
 from segdata.folder import READ_THREADS, Sample
-from segdata.meta import IGNORE, DatasetMeta
+from segdata.meta import IGNORE, DataError, DatasetMeta
 from segdata.resolve import cache_dir
 
-FINGERPRINT_VERSION = 2
+FINGERPRINT_VERSION = 3
 PERCENTILES = (0.5, 1, 5, 10, 25, 50, 75, 90, 95, 99, 99.5)
 MAX_IMAGES = 1000  # larger splits are fingerprinted on this many evenly spaced images
 RIDGE_SAMPLES = 4000  # thickness samples kept per class and image (seeded), so big classes do not dominate memory
@@ -62,21 +61,35 @@ def _weighted_percentiles(values: np.ndarray, weights: np.ndarray) -> dict[str, 
     return {_key(p): float(values[order][min(i, values.size - 1)]) for p, i in zip(PERCENTILES, at, strict=True)}
 
 
-def _histogram_stats(hist: np.ndarray) -> dict[str, Any]:
+@dataclass
+class ChannelStats:
+    """One channel's intensities (of all pixels, or of one class's): exact, from a 256-bin histogram."""
+
+    pixels: int
+    mean: float = 0.0
+    std: float = 0.0
+    clipped_mean: float = 0.0  # after clipping to p0.5-p99.5: nnU-Net's statistics for a clipped normalisation
+    clipped_std: float = 0.0
+    percentiles: dict[str, float] = field(default_factory=dict)  # p0.5 ... p99.5
+
+    def p(self, q: float) -> float:
+        return self.percentiles[_key(q)]
+
+
+def _histogram_stats(hist: np.ndarray) -> ChannelStats:
     """Mean, std and percentiles of uint8 values given as a 256-bin histogram (exact)."""
     total = float(hist.sum())
     if total == 0:
-        return {"pixels": 0}
+        return ChannelStats(pixels=0)
     values = np.arange(256, dtype=np.float64)
     mean = float((hist * values).sum() / total)
     std = float(math.sqrt(max((hist * (values - mean) ** 2).sum() / total, 0.0)))
     cdf = np.cumsum(hist) / total
     pct = {_key(p): float(np.searchsorted(cdf, p / 100, side="left")) for p in PERCENTILES}
-    clipped = np.clip(values, pct["p0.5"], pct["p99.5"])  # nnU-Net's statistics for a clipped normalisation
+    clipped = np.clip(values, pct["p0.5"], pct["p99.5"])
     clipped_mean = float((hist * clipped).sum() / total)
     clipped_std = float(math.sqrt(max((hist * (clipped - clipped_mean) ** 2).sum() / total, 0.0)))
-    return {"pixels": int(total), "mean": mean, "std": std, "clipped_mean": clipped_mean, "clipped_std": clipped_std,
-            **pct}
+    return ChannelStats(int(total), mean, std, clipped_mean, clipped_std, pct)
 
 
 @dataclass
@@ -86,12 +99,12 @@ class ClassFingerprint:
     name: str
     share: float  # of labelled pixels
     image_share: float  # of images holding at least one of its pixels
-    thickness: dict[str, float]  # px, pixel-weighted percentiles of 2 x the distance transform on the mask's ridge
+    thickness: dict[str, float]  # px, pixel-weighted percentiles of 2 d - 1 (d: distance transform on the ridge)
     object_area: dict[str, float]  # px, percentiles of the 8-connected components' areas (each component once)
     object_diameter: dict[str, float]  # px, pixel-weighted percentiles of the components' equivalent diameters
     objects_per_image: float  # median over the images that hold the class
     vertical_position: float  # mean row of its pixels, 0 = top, 1 = bottom
-    intensity: list[dict[str, Any]]  # per channel, over this class's pixels
+    intensity: list[ChannelStats]  # per channel, over this class's pixels
 
 
 @dataclass
@@ -106,7 +119,7 @@ class Fingerprint:
     width: dict[str, float]
     channels: int
     bit_depth: int
-    intensity: list[dict[str, Any]]  # per channel, over all pixels
+    intensity: list[ChannelStats]  # per channel, over all pixels
     classes: list[ClassFingerprint]
     ignored_share: float
     label_mode: str
@@ -126,7 +139,9 @@ class Fingerprint:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Fingerprint:
         values = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        values["classes"] = [ClassFingerprint(**c) for c in data["classes"]]
+        values["intensity"] = [ChannelStats(**c) for c in data["intensity"]]
+        values["classes"] = [ClassFingerprint(**{**c, "intensity": [ChannelStats(**i) for i in c["intensity"]]})
+                             for c in data["classes"]]
         return cls(**values)
 
     def summary(self) -> list[str]:
@@ -136,7 +151,7 @@ class Fingerprint:
         lines = [f"fingerprint ({self.images_measured} training images, {self.seconds:.1f} s"
                  f"{', cached' if self.cached else ''}): median {w}x{h} (W x H), {kind} {self.bit_depth}-bit; "
                  "intensity p0.5/p50/p99.5 " + ", ".join(
-                     f"{c['p0.5']:.0f}/{c['p50']:.0f}/{c['p99.5']:.0f}" for c in self.intensity)]
+                     f"{c.p(0.5):.0f}/{c.p(50):.0f}/{c.p(99.5):.0f}" for c in self.intensity)]
         width = max(len(c.name) for c in self.classes)
         for c in self.classes:
             if not c.share:
@@ -155,15 +170,16 @@ class Fingerprint:
                  f"  image height {_fmt_pct(self.height)}", f"  image width  {_fmt_pct(self.width)}",
                  f"  ignored pixels {self.ignored_share:.2%}; labels in {self.label_mode} mode"]
         for i, stats in enumerate(self.intensity):
-            lines.append(f"  channel {i}: mean {stats['mean']:.1f} std {stats['std']:.1f}  {_fmt_pct(stats)}")
+            lines.append(f"  channel {i}: mean {stats.mean:.1f} std {stats.std:.1f}  {_fmt_pct(stats.percentiles)}")
         for c in self.classes:
             lines.append(f"  class {c.name}:")
             lines.append(f"    thickness px   {_fmt_pct(c.thickness)}")
             lines.append(f"    object area px {_fmt_pct(c.object_area)}")
             lines.append(f"    diameter px    {_fmt_pct(c.object_diameter)}")
             for i, stats in enumerate(c.intensity):
-                if stats.get("pixels"):
-                    lines.append(f"    channel {i}: mean {stats['mean']:.1f} std {stats['std']:.1f}  {_fmt_pct(stats)}")
+                if stats.pixels:
+                    lines.append(f"    channel {i}: mean {stats.mean:.1f} std {stats.std:.1f}  "
+                                 f"{_fmt_pct(stats.percentiles)}")
         return "\n".join(lines)
 
 
@@ -227,6 +243,9 @@ def _aggregate(measures: list[_ImageMeasure], meta: DatasetMeta, total_images: i
     joint = sum(m.joint for m in measures)
     class_pixels = joint[0].sum(axis=1)
     labelled = float(class_pixels[:n].sum())
+    if not labelled:
+        raise DataError(f"{root}: every training label pixel is ignored ({meta.ignore_index} or beyond the "
+                        f"{n} classes); check label_mode, classes and ignore_index in dataset.yaml")
     classes = []
     for c, name in enumerate(meta.classes):
         holding = [m for m in measures if c in m.areas]
@@ -279,20 +298,10 @@ def fingerprint(samples: Sequence[Sample], meta: DatasetMeta, *, cache: bool = T
         return found
     chosen = _measured_samples(samples)
     if not chosen:
-        from segdata.meta import DataError
-
         raise DataError(f"{meta.root}: the training split has no labelled images to fingerprint")
     with ThreadPoolExecutor(min(READ_THREADS, os.cpu_count() or 1)) as pool:
         measures = list(pool.map(_measure, chosen, [meta] * len(chosen), range(len(chosen))))
     result = _aggregate(measures, meta, len(samples), meta.root, digest, time.perf_counter() - start)
     if cache:
-        _write_atomically(path, json.dumps(result.to_dict(), indent=1))
+        files.write_atomically(path, json.dumps(result.to_dict(), indent=1).encode())
     return result
-
-
-def _write_atomically(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".fingerprint.", dir=os.path.dirname(path))
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)

@@ -37,9 +37,14 @@ def parse_synth_spec(spec: str) -> dict[str, int]:
     return params
 
 
+def is_synth(spec: str | None) -> bool:
+    """Whether a --data value names the built-in synthetic set (`synth`, `synth:seed=3,...`; no --data at all)."""
+    return spec is None or spec == "synth" or spec.startswith("synth:")
+
+
 def resolve_data(spec: str | None) -> str:
     """None / 'synth[:...]' -> the cached synthetic set (made on first use); a path -> absolute; URIs as is."""
-    if spec is None or spec == "synth" or spec.startswith("synth:"):
+    if is_synth(spec):
         return _cached_synth(parse_synth_spec(spec or "synth"))
     if files.is_uri(spec):
         return spec

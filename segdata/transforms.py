@@ -276,8 +276,9 @@ class PatchTransform:
             else -((src_w - image.shape[1]) // 2)
         img = _crop_padded(image, top, left, src_h, src_w, PAD_GREY)
         lab = _crop_padded(label, top, left, src_h, src_w, IGNORE)
-        if (src_h, src_w) != (out_h, out_w):
-            img = cv2.resize(img, (out_w, out_h), interpolation=cv2.INTER_LINEAR).reshape(out_h, out_w, -1)
+        if (src_h, src_w) != (out_h, out_w):  # a 2x reduction or more averages, as inference's resampling does
+            shrink = cv2.INTER_AREA if src_h >= 2 * out_h else cv2.INTER_LINEAR
+            img = cv2.resize(img, (out_w, out_h), interpolation=shrink).reshape(out_h, out_w, -1)
             lab = cv2.resize(lab, (out_w, out_h), interpolation=cv2.INTER_NEAREST_EXACT)
         if turns:
             img, lab = np.rot90(img, turns), np.rot90(lab, turns)

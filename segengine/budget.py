@@ -29,6 +29,3 @@ class BudgetClock:
 
     def spent(self) -> float:
         return time.perf_counter() - self.start
-
-    def remaining(self) -> float:
-        return self.budget_s - self.spent()

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 import tune_configs
 from segengine.config import ConfigError, TrainConfig, flag_overrides, load_yaml, merge_plugins
 from segengine.search_config import SEARCH_FILE, SearchConfig
+
+if TYPE_CHECKING:
+    from segengine.planning import Plan
 
 TTA = {None: None, "flip": True, "none": False}  # --tta: the predictor's `mirror` (None: as the recipe validated)
 
@@ -56,11 +59,13 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 def is_planned(args: argparse.Namespace) -> bool:
     """No config means planned: a dataset folder (or URI) without --config and without --resume. The built-in
     synthetic set keeps its shipped recipe (`default.yaml`), so `make tune` stays a 3-minute demo."""
+    from segdata.resolve import is_synth
+
     data = getattr(args, "data", None)
-    return not args.config and not args.resume and bool(data) and not data.startswith("synth")
+    return not args.config and not args.resume and bool(data) and not is_synth(data)
 
 
-def _plan(args: argparse.Namespace, flags: dict[str, Any], budget_s: float):
+def _plan(args: argparse.Namespace, flags: dict[str, Any], budget_s: float) -> Plan:
     """The plan for the flags' dataset (the flags are checked first: a bad one fails before the probe)."""
     from segengine.planning import make_plan
 
@@ -83,7 +88,8 @@ def train(args: argparse.Namespace) -> int:
         if "epochs" in flags and "budget_s" not in flags:  # the user's epoch count wins over the plan's budget
             flags["budget_s"] = None
         plan = _plan(args, flags, flags.get("budget_s") or DEFAULT_BUDGET_S)
-        cfg = TrainConfig.from_dict({**plan.train, **flags, "plugins": merge_plugins([], args.plugin)},
+        cfg = TrainConfig.from_dict({**plan.config.train.to_dict(), **flags,
+                                     "plugins": merge_plugins(plan.config.train.plugins, args.plugin)},
                                     where="command line")
     else:
         cfg = train_config(args)
@@ -105,7 +111,10 @@ def tune(args: argparse.Namespace) -> int:
         from segengine.planning.plan import DEFAULT_BUDGET_S
 
         plan = _plan(args, {**overrides, "address": args.address}, (budget or 2 * DEFAULT_BUDGET_S) / 2)
-        config = {"train": plan.train, **plan.search}
+        config = plan.config.raw()
+        if "epochs" in overrides and budget is None:  # the user's epoch count wins over the plan's budget, as in train
+            config["train"]["budget_s"] = None
+            config.pop("time_budget_s", None)
     else:
         saved = saved_run_config(args, "tune") if not args.config else {}
         config = saved or config_file(args.config)
@@ -133,7 +142,7 @@ def plan(args: argparse.Namespace) -> int:
     out.write_text(result.to_yaml())
     print(f"wrote {out}\n  python launch.py train --config {out}    (within {format_duration(result.budget_s)})\n"
           f"  python launch.py tune --config {out}     (the search around it, within "
-          f"{format_duration(result.search['time_budget_s'])})")
+          f"{format_duration(result.config.time_budget_s or 0)})")
     return 0
 
 

@@ -51,6 +51,9 @@ LabelMode = Literal["index", "threshold"]  # segdata.meta.LabelMode, spelled her
 # without the data pipeline's imports (OpenCV, pyarrow); tests/segengine/test_config.py holds the two equal
 LOSSES, MODES, SAMPLINGS, VALIDATIONS = get_args(Loss), get_args(Mode), get_args(Sampling), get_args(Validation)
 SCHEDULES, OPTIMIZERS, LABEL_MODES = get_args(Schedule), get_args(Optimizer), get_args(LabelMode)
+OVERLAP_RANGE = "a fraction from 0 (no overlap) to below 1, e.g. 0.25"  # of sliding windows, wherever given
+
+
 def ranked(value: float | None, mode: str) -> float:
     """A metric's value as a number where higher is better (`mode` max or min); missing or NaN: the worst. The one
     way checkpoints, early stopping and search results are ranked."""
@@ -59,12 +62,9 @@ def ranked(value: float | None, mode: str) -> float:
     return float(value) if mode == "max" else -float(value)
 
 
-OVERLAP_RANGE = "a fraction from 0 (no overlap) to below 1, e.g. 0.25"  # of sliding windows, wherever given
-
-
 def overlap_ok(overlap: float) -> bool:
+    """The one rule of a sliding-window overlap (the `Fraction` type of `val_overlap` says the same to pydantic)."""
     return 0 <= overlap < 1
-
 
 
 class ConfigError(ValueError):
@@ -176,8 +176,8 @@ class TrainConfig:
     samples_per_epoch: Count | None = flag(None, "patch sampling: crops per epoch over all workers (default: the "
                                          "number of training images)")
     class_aware: Probability = 0.0  # patch sampling: probability that a crop is centred on a pixel of a random class
-    # patch sampling: images resampled by this factor for training, validation and inference
-    scale: Annotated[float, Field(gt=0, le=4)] = 1.0
+    # patch sampling: images resampled by this factor for training, validation and inference (0.5: half size)
+    resample: Annotated[float, Field(gt=0, le=4)] = 1.0
     normalization: NormalizationConfig | None = None  # None: the encoder's (see NormalizationConfig)
     validation: Validation = flag("letterbox", "letterbox at --input-size, or sliding windows at native "
                                   "resolution, blended")
@@ -400,7 +400,7 @@ def _validate(obj: Any, where: str) -> None:
     c: TrainConfig = obj
     low, high = c.worker_range
     rules = [
-        ("scale", c.scale == 1 or c.sampling == "patch", "1 unless sampling is patch"),
+        ("resample", c.resample == 1 or c.sampling == "patch", "1 unless sampling is patch"),
         ("val_window", c.val_window is None or all(s >= 8 for s in c.val_window), "two integers >= 8 (H W)"),
         ("workers", (low >= 0) if low == high else 1 <= low <= high,
          "an integer >= 0 (0 = in-process debug mode), or [min, max] with 1 <= min <= max (elastic)"),

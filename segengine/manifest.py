@@ -12,15 +12,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
 import segdata
+import zoo
 
 MANIFEST_VERSION = 2
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", arbitrary_types_allowed=True)
 
 
 class InferenceMode(_Frozen):
@@ -31,25 +32,11 @@ class InferenceMode(_Frozen):
     window: tuple[int, int] | None = None  # sliding windows (None: the training input size)
     overlap: float = 0.25
     mirror: bool = False  # the four flips averaged (--tta flip)
-    scale: float = 1.0  # images resampled by this factor before the windows; scores mapped back to native size
+    resample: float = 1.0  # images resampled by this factor before the windows; scores mapped back to native size
 
     @property
     def sliding(self) -> bool:
         return self.mode == "sliding"
-
-
-class Intensity(_Frozen):
-    """Per-channel normalisation in 0..255 units: clip to [low, high] (when given), then (x - mean) / std."""
-
-    name: str = ""
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    low: tuple[float, ...] | None = None
-    high: tuple[float, ...] | None = None
-
-    @property
-    def clip(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-        return (self.low, self.high) if self.low is not None and self.high is not None else None
 
 
 class Manifest(_Frozen):
@@ -60,9 +47,9 @@ class Manifest(_Frozen):
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     plugins: list[str] = Field(default_factory=list)
     encoder_source: dict[str, Any] | None = None  # the plugin distribution an encoder came from
-    dataset: dict[str, Any]  # segdata.DatasetMeta.to_dict(): classes, label mode, colours, channels
+    dataset: segdata.DatasetMeta  # classes, label mode (threshold, ignore value), colours, channels
     input_size: tuple[int, int]
-    normalization: Intensity
+    normalization: zoo.Normalization  # mean/std in pixel units, and the clip window of a planned run
     inference: InferenceMode = InferenceMode()
     config: dict[str, Any] = Field(default_factory=dict)  # the resolved TrainConfig
     epoch: int = 0
@@ -70,29 +57,47 @@ class Manifest(_Frozen):
     versions: dict[str, str | None] = Field(default_factory=dict)
     state_sha256: str | None = None  # of state.pt, written last so that a complete folder can be told
 
-    @property
-    def meta(self) -> segdata.DatasetMeta:
-        return segdata.DatasetMeta.from_dict(self.dataset)
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _meta(cls, value: Any) -> segdata.DatasetMeta:
+        return value if isinstance(value, segdata.DatasetMeta) else segdata.DatasetMeta.from_dict(value)
+
+    @field_validator("normalization", mode="before")
+    @classmethod
+    def _normalization(cls, value: Any) -> zoo.Normalization:
+        if isinstance(value, zoo.Normalization):
+            return value
+        fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in value.items()}
+        return zoo.Normalization(**{"name": "", **fields})
+
+    @field_serializer("dataset")
+    def _meta_json(self, meta: segdata.DatasetMeta) -> dict[str, Any]:
+        return meta.to_dict()
+
+    @field_serializer("normalization")
+    def _normalization_json(self, norm: zoo.Normalization) -> dict[str, Any]:
+        out = {"name": norm.name, "mean": list(norm.mean), "std": list(norm.std)}
+        return {**out, "low": list(norm.low), "high": list(norm.high)} if norm.clip else out
 
     @property
     def class_names(self) -> list[str]:
-        return [str(name) for name in self.dataset["classes"]]
+        return list(self.dataset.classes)
 
     @property
     def num_classes(self) -> int:
-        return len(self.dataset["classes"])
+        return self.dataset.num_classes
 
     @property
     def in_channels(self) -> int:
-        return int(self.dataset.get("in_channels", 3))
+        return self.dataset.in_channels
 
     @property
     def colors(self) -> list[tuple[int, int, int]]:
-        return self.meta.colors
+        return self.dataset.colors
 
     @property
     def label_mode(self) -> str:
-        return str(self.dataset.get("label_mode", "index"))
+        return self.dataset.label_mode
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:

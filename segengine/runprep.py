@@ -22,8 +22,8 @@ from segengine.metrics import epoch_metric_names
 from segengine.precision import Precision
 
 CONFIG_FILE = "config.yaml"
-# Keys that may change on --resume: the epoch budget, and how the driver reaches the cluster.
-RESUMABLE_KEYS = {"epochs", "address", "resource_wait_s"}
+# Keys that may change on --resume: the epochs or the time budget, and how the driver reaches the cluster.
+RESUMABLE_KEYS = {"epochs", "budget_s", "address", "resource_wait_s"}
 
 
 class RunError(RuntimeError):
@@ -63,7 +63,7 @@ def default_name(cfg: TrainConfig) -> str:
 def resolve_paths(cfg: TrainConfig) -> TrainConfig:
     """Absolute paths or URIs for everything a worker opens (Train workers run in their own working directory)."""
     data = cfg.data
-    if data is not None and not data.startswith("synth") and not storage.is_uri(data):
+    if not segdata.is_synth(data) and not storage.is_uri(data):
         data = storage.resolve(data)
     return replace(cfg, data=data, storage=storage.resolve(cfg.storage),
                    plugins=plugins.resolve_plugin_refs(cfg.plugins))

@@ -73,7 +73,9 @@ class Searcher(_Strict):
         return self.n_startup or max(2, samples // 3)
 
 
-class Resources(_Strict):
+class TrialResources(_Strict):
+    """What each trial runs on (the `resources:` section)."""
+
     workers_per_trial: Annotated[StrictInt, Field(ge=0)] = 0  # 0: the trial trains in its own process
     cpus_per_worker: PositiveInt = 1
 
@@ -95,7 +97,7 @@ class SearchConfig(_Strict):
     searcher: Searcher = Field(default_factory=Searcher)
     samples: PositiveInt = 8
     max_concurrent: PositiveInt | None = None
-    resources: Resources = Field(default_factory=Resources)
+    resources: TrialResources = Field(default_factory=TrialResources)
     time_budget_s: Annotated[Number, Field(gt=0)] | None = None  # the whole search's wall clock (Tune stops it)
 
     @classmethod
@@ -109,7 +111,7 @@ class SearchConfig(_Strict):
         for key, value in (overrides or {}).items():
             if value is None:
                 continue
-            if key in Resources.model_fields:
+            if key in TrialResources.model_fields:
                 raw["resources"] = {**(raw.get("resources") or {}), key: value}
             else:
                 raw[key] = value
@@ -178,7 +180,11 @@ class SearchConfig(_Strict):
 
     @property
     def max_epochs(self) -> int:
-        """Epochs a trial may run: the scheduler's cap, at most the recipe's epochs."""
+        """Epochs a trial may run: the scheduler's cap, at most the recipe's epochs. A budgeted recipe's epochs are
+        an estimate that each trial re-sizes to its budget, so there the scheduler's cap alone (default: twice the
+        estimate) bounds them."""
+        if self.train.budget_s:
+            return self.scheduler.max_epochs or 2 * self.train.epochs
         return min(self.scheduler.max_epochs or self.train.epochs, self.train.epochs)
 
     @property
@@ -191,9 +197,12 @@ class SearchConfig(_Strict):
         """Everything but `train:`, as YAML-ready values (a search's saved `search.yaml`)."""
         return self.model_dump(mode="json", exclude={"train"}, exclude_none=True)
 
+    def raw(self) -> dict[str, Any]:
+        """The whole search file as YAML-ready values; `SearchConfig.parse(config.raw())` gives it back."""
+        return {"train": self.train.to_dict(), **self.search_sections()}
+
     def to_yaml(self) -> str:
-        """The whole search file; `SearchConfig.parse(yaml.safe_load(text))` gives this config back."""
-        return yaml.safe_dump({"train": self.train.to_dict(), **self.search_sections()}, sort_keys=False)
+        return yaml.safe_dump(self.raw(), sort_keys=False)
 
 
 def _check_range(where: str, key: str, dist: str, args: Any) -> None:
@@ -227,7 +236,7 @@ def _one_line(exc: ValidationError) -> str:
 
 
 def _allowed_keys(section: list[str], err: dict[str, Any]) -> list[str]:
-    models: dict[str, type[BaseModel]] = {"": SearchConfig, "searcher": Searcher, "resources": Resources,
+    models: dict[str, type[BaseModel]] = {"": SearchConfig, "searcher": Searcher, "resources": TrialResources,
                                           "class_weights": ClassWeights}
     name = ".".join(section)
     if name == "scheduler":

@@ -6,12 +6,11 @@ deleting, copying folders."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from segdata.files import is_uri, join, list_files, locate, read_bytes, read_text
+from segdata.files import is_uri, join, list_files, locate, read_bytes, read_text, write_atomically
 
 __all__ = ["delete_dir", "download_dir", "exists", "filesystem", "is_dir", "is_uri", "join", "list_dirs", "list_files",
            "read_bytes", "read_text", "resolve", "upload_dir", "write_bytes"]
@@ -35,11 +34,7 @@ def exists(path: str) -> bool:
 def write_bytes(path: str, data: bytes) -> None:
     """Write a whole file; local files go through a temporary name and a rename so readers never see half."""
     if not is_uri(path):
-        target = Path(resolve(path))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+        write_atomically(resolve(path), data)
         return
     fs, p = filesystem(path)
     fs.create_dir(p.rsplit("/", 1)[0], recursive=True)

@@ -64,11 +64,16 @@ MLFLOW_ARTIFACTS = "mlflow-artifacts"
 
 
 def _mlflow_uri(settings: dict[str, str], storage_root: str) -> str:
-    """`uri`, else $MLFLOW_TRACKING_URI, else a SQLite database in the runs' storage (or this folder, when the
-    storage is object storage)."""
+    """`uri`, else $MLFLOW_TRACKING_URI, else a SQLite database in the runs' storage: a local folder or a
+    `file://` mount every node shares (rank 0 on another node logs to the same file). Object storage cannot hold
+    a database that several processes write: there a server's URI is needed."""
     if settings.get("uri") or os.environ.get("MLFLOW_TRACKING_URI"):
         return settings.get("uri") or os.environ["MLFLOW_TRACKING_URI"]
-    folder = storage.resolve("." if storage.is_uri(storage_root) else storage_root)
+    if storage.is_uri(storage_root) and not storage_root.startswith("file://"):
+        raise ConfigError(f"tracking.mlflow: the default store is a SQLite file beside the runs, which "
+                          f"{storage_root} (object storage) cannot hold; set tracking.mlflow.uri to an MLflow server "
+                          "(or MLFLOW_TRACKING_URI)")
+    _, folder = storage.filesystem(storage_root)
     os.makedirs(folder, exist_ok=True)
     return f"sqlite:///{os.path.join(folder, MLFLOW_DB)}"
 

@@ -6,7 +6,7 @@ their softmax outputs are blended with weights that ramp down towards each windo
 image smaller than a window is padded with normalised grey 128 (as the letterbox pads) and the padding is cut off.
 With `mirror` (`--tta flip`), each window's softmax is the mean over its four flips (none, left-right, up-down,
 both), as nnU-Net's default test-time mirroring: four forward passes per window, for a smoother, less biased map.
-A recipe that trains on resampled images (`scale`, e.g. 0.5 for large objects in large images) is validated and
+A recipe that trains on resampled images (`resample`, e.g. 0.5 for large objects in large images) is validated and
 applied the same way: the image is resampled (antialiased) before the windows, and the probabilities are
 interpolated back to the image's own size, so scores and masks are always at native resolution.
 """
@@ -54,13 +54,13 @@ def mirrored_probabilities(forward: Callable[[torch.Tensor], torch.Tensor], batc
 def sliding_probabilities(forward: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor,
                           window: Sequence[int], overlap: float, num_classes: int,
                           pad_value: Sequence[float], batch: int = WINDOW_BATCH, mirror: bool = False,
-                          scale: float = 1.0) -> torch.Tensor:
+                          resample: float = 1.0) -> torch.Tensor:
     """num_classes x H x W probabilities of a normalised C x H x W image (on the device `forward` runs on)."""
     if not overlap_ok(overlap):
         raise ValueError(f"overlap {overlap}: use {OVERLAP_RANGE}")
-    if scale != 1:
+    if resample != 1:
         size = image.shape[-2:]
-        resampled = F.interpolate(image[None], scale_factor=scale, mode="bilinear", antialias=scale < 1)[0]
+        resampled = F.interpolate(image[None], scale_factor=resample, mode="bilinear", antialias=resample < 1)[0]
         probs = sliding_probabilities(forward, resampled, window, overlap, num_classes, pad_value, batch, mirror)
         return F.interpolate(probs[None], size=size, mode="bilinear")[0]
     channels, height, width = image.shape

@@ -30,7 +30,7 @@ from segengine.budget import BudgetClock, epochs_that_fit
 from segengine.cluster import redact
 from segengine.config import TrainConfig, ranked
 from segengine.losses import SegmentationLoss
-from segengine.manifest import InferenceMode, Intensity, Manifest
+from segengine.manifest import InferenceMode, Manifest
 from segengine.metrics import VAL_SCORES, MetricAccumulator
 from segengine.precision import Precision
 from segengine.reporting import Reporter, make_reporter
@@ -65,7 +65,8 @@ def lr_factor(cfg: TrainConfig, steps_per_epoch: int, epochs: Callable[[], int] 
 
 
 def build_optimizer(model: zoo.SegmentationModel, cfg: TrainConfig, steps_per_epoch: int,
-                    epochs: Callable[[], int] | None = None):
+                    epochs: Callable[[], int] | None = None
+                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """Two parameter groups (encoder, rest) so freeze epochs can hold the encoder at lr 0; a per-step schedule
     over `epochs()` (see `lr_factor`)."""
     enc = list(model.encoder.parameters())
@@ -114,17 +115,17 @@ def normalization(cfg: TrainConfig, spec: zoo.EncoderSpec, in_channels: int) -> 
         return spec.normalization.for_channels(in_channels)
     if len(n.mean) != in_channels:
         raise TrainingError(f"normalization has {len(n.mean)} channel(s) but the images have {in_channels}")
-    clip = n.clip
-    return zoo.Normalization("dataset", tuple(n.mean), tuple(n.std), *(tuple(c) for c in clip or (None, None)))
+    low, high = (tuple(bound) if bound is not None else None for bound in (n.low, n.high))
+    return zoo.Normalization("dataset", tuple(n.mean), tuple(n.std), low, high)
 
 
 def make_train_set(cfg: TrainConfig, samples: list, meta: segdata.DatasetMeta, norm: zoo.Normalization
                    ) -> torch.utils.data.Dataset:
-    """The recipe's training set: patches at native resolution (or resampled by `scale`), or the tutorial's
+    """The recipe's training set: patches at native resolution (or resampled by `resample`), or the tutorial's
     letterboxed whole images."""
     a = cfg.augment
     if cfg.sampling == "patch":
-        zoom = (a.zoom[0] * cfg.scale, a.zoom[1] * cfg.scale)
+        zoom = (a.zoom[0] * cfg.resample, a.zoom[1] * cfg.resample)
         transform = segdata.PatchTransform(
             cfg.input_size, norm.mean, norm.std, num_classes=meta.num_classes, zoom=zoom, flip=a.flip,
             vflip=a.vflip, rot90=a.rot90, elastic=a.elastic, elastic_grid=a.elastic_grid, elastic_std=a.elastic_std,
@@ -172,12 +173,12 @@ def manifest_for(cfg: TrainConfig, meta: segdata.DatasetMeta, model: zoo.Segment
             return None
 
     inference = (InferenceMode(mode="sliding", window=cfg.window, overlap=cfg.val_overlap, mirror=cfg.val_mirror,
-                               scale=cfg.scale) if cfg.validation == "sliding" else InferenceMode())
+                               resample=cfg.resample) if cfg.validation == "sliding" else InferenceMode())
     return Manifest(
         encoder=cfg.encoder, model_kwargs=dict(model.model_kwargs), plugins=list(cfg.plugins),
         encoder_source=plugins.provenance(model.spec.source), dataset=meta.to_dict(),
         input_size=cfg.input_size, inference=inference, config=redact(cfg.to_dict()), epoch=epoch, metrics=metrics,
-        normalization=Intensity(name=norm.name, mean=norm.mean, std=norm.std, low=norm.low, high=norm.high),
+        normalization=norm,
         versions={d: version(d) for d in ("unet-zoo", "torch", "ray", "timm", "segmentation-models-pytorch")})
 
 
@@ -217,7 +218,7 @@ class Trainer:
     """One worker's view of a run: data shards, model, optimizer, epochs, metrics, checkpoints."""
 
     def __init__(self, cfg: TrainConfig, reporter: Reporter, data: dict[str, Any], verbose: bool = True,
-                 started: float | None = None, tracking: dict[str, str] | None = None):
+                 started: float | None = None, tracking: dict[str, str] | None = None) -> None:
         """`data`: what the driver validated (`runprep.PreparedRun.data`); `tracking`: the tracked runs the driver
         opened (`segengine.tracking`), logged to by rank 0."""
         self.cfg, self.reporter, self.verbose = cfg, reporter, verbose
@@ -385,7 +386,7 @@ class Trainer:
             if self.cfg.validation == "sliding":  # log-probabilities: CE of them is the blended NLL
                 probs = sliding_probabilities(self._forward_eval, x[0], self.cfg.window, self.cfg.val_overlap,
                                               self.meta.num_classes, self.pad_value, mirror=self.cfg.val_mirror,
-                                              scale=self.cfg.scale)
+                                              resample=self.cfg.resample)
                 logits = torch.log(probs.clamp_min(1e-8))[None]
             else:
                 logits = self._forward_eval(x)

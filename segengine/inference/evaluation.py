@@ -18,6 +18,7 @@ import torch
 
 import segdata
 from segengine import storage
+from segengine.config import TrainConfig
 from segengine.inference.batch_jobs import map_items
 from segengine.inference.predictor import BATCH, InferenceError, Predictor, open_predictor
 from segengine.manifest import Manifest
@@ -28,14 +29,12 @@ def open_eval_dataset(data: str, manifest: Manifest):
     """The dataset folder, read with its own dataset.yaml if it has one, else with the checkpoint's label
     encoding (classes, label mode, threshold, ignore value); splits as in training (the run's val_fraction)."""
     root = segdata.resolve_data(data)
-    split_args = {"val_fraction": float(manifest.config.get("val_fraction", 0.2))}
+    split_args = {"val_fraction": float(manifest.config.get("val_fraction", TrainConfig().val_fraction))}
     if storage.exists(storage.join(root, "dataset.yaml")):
         return segdata.open_dataset(root, **split_args)
     meta = manifest.dataset
-    overrides = {"classes": manifest.class_names, "label_mode": manifest.label_mode,
-                 "threshold": meta.get("threshold"), "target_below": meta.get("target_below"),
-                 "ignore_index": meta.get("ignore_index")}
-    return segdata.open_dataset(root, **{k: v for k, v in overrides.items() if v is not None}, **split_args)
+    return segdata.open_dataset(root, classes=meta.classes, label_mode=meta.label_mode, threshold=meta.threshold,
+                                target_below=meta.target_below, ignore_index=meta.ignore_index, **split_args)
 
 
 def _split_tag(split: str) -> str:

@@ -38,7 +38,9 @@ def example_shapes(input_size: Sequence[int], multiple: int) -> list[tuple[int, 
 
 def _export_metadata(manifest: Manifest, multiple: int) -> dict[str, Any]:
     return {**manifest.export_view(), "input_multiple": multiple,
-            "input": "N x in_channels x H x W float32, (pixel - mean) / std, H and W multiples of input_multiple",
+            "input": "N x in_channels x H x W float32, (pixel - mean) / std"
+                     + (" after clipping pixels to [low, high]" if manifest.normalization.clip else "")
+                     + ", H and W multiples of input_multiple",
             "output": "N x num_classes x H x W logits"}
 
 

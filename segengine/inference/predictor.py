@@ -152,7 +152,7 @@ class Predictor:
         x = torch.from_numpy(self._normalise(image)).to(self.device)
         probs = sliding_probabilities(self.forward, x, self.inference.window, overlap, self.num_classes,
                                       self.pad_value, batch=self.batch_size, mirror=self.inference.mirror,
-                                      scale=self.inference.scale)
+                                      resample=self.inference.resample)
         return probs.cpu().numpy()
 
     def batch_scores(self, images: Sequence[np.ndarray], *, sliding: bool | None = None,

@@ -34,12 +34,14 @@ CARRIED = ("data", "num_classes", "label_mode", "threshold", "ignore_index", "va
 
 @dataclass
 class Plan:
+    """What the planner measured and decided: the recipe (`config`, a whole search file) and each key's reason."""
+
     fingerprint: Fingerprint
     resources: rules.Resources
     probe: ProbeResult
     budget_s: float
-    train: dict[str, Any]
-    search: dict[str, Any]
+    written: dict[str, Any]  # the train section's keys the plan sets (and those carried from the user's flags)
+    config: SearchConfig  # the recipe and the search around it, validated
     decisions: list[rules.Decision]
     seconds: float  # fingerprint + rules + probe
 
@@ -48,12 +50,6 @@ class Plan:
         storage.write_bytes(storage.join(run_dir, PLAN_FILE), self.to_yaml().encode())
         storage.write_bytes(storage.join(run_dir, FINGERPRINT_FILE),
                             json.dumps(self.fingerprint.to_dict(), indent=1).encode())
-
-    def search_config(self) -> SearchConfig:
-        return SearchConfig.parse({"train": self.train, **self.search}, "plan")
-
-    def train_config(self) -> TrainConfig:
-        return self.search_config().train
 
     def to_yaml(self) -> str:
         """The recipe file, a comment above each planned key saying why."""
@@ -70,13 +66,13 @@ class Plan:
                  "#   python launch.py train --config plan.yaml    (this recipe, within "
                  f"{format_duration(self.budget_s)})",
                  f"#   python launch.py tune --config plan.yaml     (the search around it, within "
-                 f"{format_duration(self.search['time_budget_s'])})",
+                 f"{format_duration(self.config.time_budget_s or 0)})",
                  "train:"]
-        for key, value in self.train.items():
+        for key, value in self.written.items():
             if key in reasons:
                 lines.append(f"  # {reasons[key]}")
             lines.append("  " + _flow(key, value))
-        for key, value in self.search.items():
+        for key, value in self.config.search_sections().items():
             if key in reasons:
                 lines.append(f"# {reasons[key]}")
             lines.append(_flow(key, value))
@@ -97,7 +93,7 @@ class Plan:
         return "\n".join([head, *rows])
 
 
-SHOWN = ("scale", "input_size", "encoder", "workers", "batch_size", "normalization", "augment", "class_aware",
+SHOWN = ("resample", "input_size", "encoder", "workers", "batch_size", "normalization", "augment", "class_aware",
          "class_weight_exponent", "val_window", "epochs", "val_every", "samples_per_epoch")
 
 
@@ -114,8 +110,8 @@ def _flow(key: str, value: Any) -> str:
 
 
 def _probe_config(draft: rules.Draft, base: TrainConfig) -> TrainConfig:
-    carried = {k: getattr(base, k) for k in CARRIED}
-    return TrainConfig.from_dict({**base.to_dict(), **carried, **draft.train, "samples_per_epoch": 64, "epochs": 1},
+    """The candidate recipe as the probe runs it: the user's settings, the plan's keys, a short epoch."""
+    return TrainConfig.from_dict({**base.to_dict(), **draft.train, "samples_per_epoch": 64, "epochs": 1},
                                  where="plan")
 
 
@@ -144,12 +140,13 @@ def make_plan(base: TrainConfig, *, budget_s: float, workers: int | None = None,
     slowdown = rules.PARALLEL_SLOWDOWN if per_node > 1 and not resources.gpus else 1.0
     timing = rules.Timing(measured.step_s * slowdown, measured.val_image_s * slowdown, len(val),
                           draft.train["workers"])
-    timing = rules.afford_crop(draft, timing, budget_s, multiple, resources.gpus)
+    timing = rules.afford_crop(fp, draft, timing, budget_s, multiple, resources)
     rules.time_rules(draft, timing, budget_s)
     concurrent = max(1, resources.cpus // max(1, draft.train["workers"] * draft.train["cpus_per_worker"]))
     search, search_decisions = rules.search_rules(draft, budget_s, concurrent)
     defaults = TrainConfig().to_dict()
     carried = {k: v for k, v in base.to_dict().items() if k in CARRIED and v != defaults[k] and k != "storage"}
-    train_section = {**carried, "data": root, **draft.train}
-    return Plan(fp, resources, measured, budget_s, train_section, search, draft.decisions + search_decisions,
+    written = {**carried, "data": root, **draft.train}
+    config = SearchConfig.parse({"train": written, **search}, "plan")
+    return Plan(fp, resources, measured, budget_s, written, config, draft.decisions + search_decisions,
                 time.perf_counter() - start)

@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -25,6 +24,7 @@ from torch.utils.data import DataLoader
 
 import segdata
 import zoo
+from segdata.files import write_atomically
 from segengine.config import TrainConfig
 from segengine.losses import SegmentationLoss
 from segengine.precision import Precision
@@ -88,11 +88,7 @@ def cached_probe(cfg: TrainConfig, samples: Sequence[segdata.Sample], val_sample
         with open(path) as f:
             return ProbeResult(**{**ProbeResult.from_dict(json.load(f)).to_dict(), "cached": True})
     result = probe(cfg, samples, val_sample, meta, threads=threads, steps=steps)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".probe.", dir=os.path.dirname(path))
-    with os.fdopen(fd, "w") as f:
-        json.dump(result.to_dict(), f)
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(result.to_dict()).encode())
     return result
 
 
@@ -124,7 +120,8 @@ def probe(cfg: TrainConfig, samples: Sequence[segdata.Sample], val_sample: segda
                        time.perf_counter() - start)
 
 
-def _time_steps(model, loader, optimizer, loss_fn, precision: Precision, device: torch.device, steps: int,
+def _time_steps(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                loss_fn: SegmentationLoss, precision: Precision, device: torch.device, steps: int,
                 max_seconds: float) -> list[float]:
     model.train()
     times: list[float] = []
@@ -151,10 +148,11 @@ def _time_steps(model, loader, optimizer, loss_fn, precision: Precision, device:
 
 
 @torch.no_grad()
-def _time_validation(model, cfg: TrainConfig, norm: zoo.Normalization, precision: Precision, device: torch.device,
-                     sample: segdata.Sample, meta: segdata.DatasetMeta, loss_fn) -> float:
+def _time_validation(model: torch.nn.Module, cfg: TrainConfig, norm: zoo.Normalization, precision: Precision,
+                     device: torch.device, sample: segdata.Sample, meta: segdata.DatasetMeta,
+                     loss_fn: SegmentationLoss) -> float:
     """One validation image as the worker validates it (`Trainer._validate`): read and normalise it, blended
-    sliding windows at the recipe's scale (or the letterbox), the loss."""
+    sliding windows at the recipe's resolution (or the letterbox), the loss."""
     model.eval()
     forward = functools.partial(precision.forward, model)
     tick = time.perf_counter()
@@ -166,7 +164,7 @@ def _time_validation(model, cfg: TrainConfig, norm: zoo.Normalization, precision
     if cfg.validation == "sliding":
         pad = segdata.normalised_grey(norm.mean, norm.std, norm.clip)
         probs = sliding_probabilities(forward, x[0], cfg.window, cfg.val_overlap, meta.num_classes, pad,
-                                      mirror=cfg.val_mirror, scale=cfg.scale)
+                                      mirror=cfg.val_mirror, resample=cfg.resample)
         logits = torch.log(probs.clamp_min(1e-8))[None]
     else:
         logits = forward(x)

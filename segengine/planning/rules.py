@@ -19,7 +19,7 @@ from segdata.fingerprint import ClassFingerprint, Fingerprint
 ENCODER = "unet"  # the U-Net with BN: full-resolution skips (thin structures), nnU-Net's network for 2D
 RECEPTIVE_FIELD = 140  # px, of `unet` (5 levels of two 3x3 convs, 4 pools): objects larger than this lose context
 THIN_PX = 8  # a class whose pixel-weighted median thickness is below this needs full resolution (no downscale)
-MIN_THICKNESS_AFTER_SCALE = 6  # px: a downscaled class's p25 thickness stays at least this wide
+MIN_THICKNESS_RESAMPLED = 6  # px: a downscaled class's p25 thickness stays at least this wide
 CROP_CONTEXT = 2.0  # a crop spans this many times the typical large object (p75 pixel-weighted diameter)
 CROP_SIZES = (128, 160, 192, 224, 256, 288, 320, 352, 384, 448, 512)
 MIN_STEPS = 800  # fewer optimizer steps than this and the ISBI/CamVid recipes had not converged (docs/models.md)
@@ -29,7 +29,6 @@ EPOCHS_TARGET = 40  # epochs per run: the budget is checked and ASHA decides at 
 MIN_STEPS_PER_EPOCH = 8
 VAL_SHARE = 0.10  # validation takes at most about this share of the time
 MIN_VALIDATIONS = 8  # so that the best checkpoint is chosen among several
-STARTUP_RESERVE_S = 0.0  # the budget excludes start-up (it is printed separately)
 PARALLEL_SLOWDOWN = 1.15  # workers sharing a machine's memory bandwidth step slower than the probe alone
 UPRIGHT_SHIFT = 0.15  # a class (>= 1 % of pixels) whose mean row is this far from the middle: upright scenes
 RARE_SHARE = 0.05  # classes below this share get class-aware crops (nnU-Net oversamples foreground)
@@ -103,36 +102,37 @@ def context_diameter(fp: Fingerprint) -> tuple[float, str]:
     return max(sized, default=(side / 2, "half the image: every class spans it"))
 
 
-def plan_scale(fp: Fingerprint, draft: Draft) -> float:
+def plan_resample(fp: Fingerprint, draft: Draft) -> float:
     """Downscale only where objects outgrow the network's receptive field and no class is thin."""
     thin = thinnest(fp)
     diameter, name = context_diameter(fp)
     if thin.thickness["p50"] < THIN_PX:
-        draft.set("scale", 1.0, f"native resolution: '{thin.name}' is {thin.thickness['p50']:.0f} px thick "
+        draft.set("resample", 1.0, f"native resolution: '{thin.name}' is {thin.thickness['p50']:.0f} px thick "
                                 f"(median), under {THIN_PX} px")
         return 1.0
-    scale = 1.0
-    while diameter * scale > RECEPTIVE_FIELD and thin.thickness["p25"] * scale / 2 >= MIN_THICKNESS_AFTER_SCALE:
-        scale /= 2
-    if scale == 1.0:
-        draft.set("scale", 1.0, f"native resolution: the large objects ('{name}', {diameter:.0f} px) fit the "
+    resample = 1.0
+    while diameter * resample > RECEPTIVE_FIELD and thin.thickness["p25"] * resample / 2 >= MIN_THICKNESS_RESAMPLED:
+        resample /= 2
+    if resample == 1.0:
+        draft.set("resample", 1.0, f"native resolution: the large objects ('{name}', {diameter:.0f} px) fit the "
                                 f"network's {RECEPTIVE_FIELD} px receptive field")
     else:
-        draft.set("scale", scale, f"'{name}' objects are {diameter:.0f} px, more than the {RECEPTIVE_FIELD} px "
-                                  f"receptive field; at x{scale:g} they are {diameter * scale:.0f} px and the "
-                                  f"thinnest class ('{thin.name}') stays {thin.thickness['p25'] * scale:.0f} px")
-    return scale
+        draft.set("resample", resample, f"'{name}' objects are {diameter:.0f} px, more than the {RECEPTIVE_FIELD} px "
+                                  f"receptive field; at x{resample:g} they are {diameter * resample:.0f} px and the "
+                                  f"thinnest class ('{thin.name}') stays {thin.thickness['p25'] * resample:.0f} px")
+    return resample
 
 
-def plan_crop(fp: Fingerprint, scale: float, multiple: int, draft: Draft) -> tuple[int, int]:
+def plan_crop(fp: Fingerprint, resample: float, multiple: int, draft: Draft) -> tuple[int, int]:
     """A square crop holding CROP_CONTEXT x the large objects, at most the (resampled) median image."""
     diameter, name = context_diameter(fp)
-    wanted = CROP_CONTEXT * diameter * scale
-    h, w = (int(v * scale) for v in fp.median_size)
+    wanted = CROP_CONTEXT * diameter * resample
+    h, w = (int(v * resample) for v in fp.median_size)
     fits = [s for s in CROP_SIZES if s % multiple == 0 and s <= min(h, w)] or [_round_multiple(min(h, w), multiple)]
     crop = next((s for s in fits if s >= wanted), fits[-1])
     draft.set("input_size", [crop, crop], f"{CROP_CONTEXT:g} x the p75 diameter of '{name}' objects "
-                                          f"({diameter * scale:.0f} px) = {wanted:.0f} px, within the {w}x{h} images")
+                                          f"({diameter * resample:.0f} px) = {wanted:.0f} px, within the {w}x{h} "
+                                          "images")
     return crop, crop
 
 
@@ -167,12 +167,16 @@ def plan_batch(crop: tuple[int, int], resources: Resources, draft: Draft) -> int
 
 def plan_normalization(fp: Fingerprint, draft: Draft) -> None:
     """nnU-Net's CT scheme for every modality of 2D images: clip each channel to its p0.5-p99.5 over the training
-    pixels, then standardise with the clipped mean and std."""
+    pixels, then standardise with the clipped mean and std (a channel with one value throughout keeps a 1-level
+    window and unit std)."""
     stats = fp.intensity
-    draft.set("normalization", {"mean": [round(c["clipped_mean"], 3) for c in stats],
-                                "std": [round(max(c["clipped_std"], 1e-3), 3) for c in stats],
-                                "low": [c["p0.5"] for c in stats], "high": [c["p99.5"] for c in stats]},
-              "per channel: clipped to p0.5-p99.5 (" + ", ".join(f"{c['p0.5']:.0f}-{c['p99.5']:.0f}" for c in stats)
+    low = [c.p(0.5) for c in stats]
+    high = [max(c.p(99.5), lo + 1) for c, lo in zip(stats, low, strict=True)]
+    draft.set("normalization", {"mean": [round(c.clipped_mean, 3) for c in stats],
+                                "std": [round(c.clipped_std, 3) if c.clipped_std > 0 else 1.0 for c in stats],
+                                "low": low, "high": high},
+              "per channel: clipped to p0.5-p99.5 (" + ", ".join(f"{lo:.0f}-{hi:.0f}" for lo, hi in zip(low, high,
+                                                                                                      strict=True))
               + "), then mean/std of the clipped training pixels")
 
 
@@ -197,7 +201,7 @@ def plan_augmentation(fp: Fingerprint, crop: tuple[int, int], draft: Draft) -> N
         why = (f"upright scenes ('{up.name}' sits at {up.vertical_position:.2f} of the height): left-right flips "
                "and zoom only")
     if fp.channels == 1:
-        noise = round(0.2 * fp.intensity[0]["clipped_std"], 2)
+        noise = round(0.2 * fp.intensity[0].clipped_std, 2)
         colour = {"brightness": 0.1, "contrast": 0.2, "gamma": [0.7, 1.5], "noise": 0.2, "noise_std": noise,
                   "blur": 0.2}
         why += f"; grey: gamma, contrast, brightness, blur and noise (std {noise:g}, a fifth of the intensity std)"
@@ -224,10 +228,10 @@ def plan_loss(fp: Fingerprint, draft: Draft) -> None:
         draft.set("class_weight_exponent", 0.5, f"shares differ {ratio:.0f}x: loss weights ~ share^-0.5")
 
 
-def plan_validation(fp: Fingerprint, scale: float, multiple: int, draft: Draft) -> tuple[int, int]:
+def plan_validation(fp: Fingerprint, resample: float, multiple: int, draft: Draft) -> tuple[int, int]:
     """Blended sliding windows on whole images at the training resolution; windows as large as the image (up to
     512 px), since a fully convolutional network takes them and fewer windows overlap less."""
-    h, w = (int(v * scale) for v in fp.median_size)
+    h, w = (int(v * resample) for v in fp.median_size)
     window = (min(_round_multiple(h, multiple), 512), min(_round_multiple(w, multiple), 512))
     draft.set("validation", "sliding", "whole images, at the resolution the model trains on, scored at native size")
     draft.set("val_window", list(window), f"up to 512 px and the {w}x{h} images")
@@ -241,14 +245,14 @@ def data_rules(fp: Fingerprint, resources: Resources, workers: int | None, multi
     draft.set("encoder", ENCODER, "U-Net with BN: full-resolution skips for thin structures and a "
                                   f"{RECEPTIVE_FIELD} px receptive field (nnU-Net's 2D network)")
     draft.set("sampling", "patch", "random crops at the planned resolution (nnU-Net's patch-based training)")
-    scale = plan_scale(fp, draft)
-    crop = plan_crop(fp, scale, multiple, draft)
+    resample = plan_resample(fp, draft)
+    crop = plan_crop(fp, resample, multiple, draft)
     plan_workers(resources, workers, draft)
     plan_batch(crop, resources, draft)
     plan_normalization(fp, draft)
     plan_augmentation(fp, crop, draft)
     plan_loss(fp, draft)
-    plan_validation(fp, scale, multiple, draft)
+    plan_validation(fp, resample, multiple, draft)
     draft.set("optimizer", "adamw", "AdamW, as both hand-written recipes (docs/models.md)")
     draft.set("lr", 2.0e-3, "the hand-written recipes' peak learning rate, chosen on held-out splits")
     draft.set("weight_decay", 1.0e-4, "the hand-written recipes' weight decay")
@@ -276,23 +280,24 @@ def validation_seconds(t: Timing) -> float:
     return math.ceil(t.val_images / max(1, t.workers)) * t.val_image_s
 
 
-def afford_crop(draft: Draft, timing: Timing, budget_s: float, multiple: int, gpus: int) -> Timing:
-    """A smaller crop (and the batch that goes with it) when the planned one leaves fewer than MIN_STEPS steps in
-    the budget; a step's time scales with its pixels (data loading included), so the probe's figure is rescaled."""
+def afford_crop(fp: Fingerprint, draft: Draft, timing: Timing, budget_s: float, multiple: int,
+                resources: Resources) -> Timing:
+    """A smaller crop (and the batch and deformation that go with it) when the planned one leaves fewer than
+    MIN_STEPS steps in the budget; a step's time scales with its pixels (data loading included), so the probe's
+    figure is rescaled."""
     crop, batch = tuple(draft.train["input_size"]), draft.train["batch_size"]
     train_s = budget_s * (1 - VAL_SHARE)
     if train_s / timing.step_s >= MIN_STEPS:
         return timing
     pixels = crop[0] * crop[1] * batch
     for side in sorted((c for c in CROP_SIZES if c % multiple == 0 and c < crop[0]), reverse=True):
-        new_batch = batch_for((side, side), gpus)
-        step_s = timing.step_s * side * side * new_batch / pixels
+        step_s = timing.step_s * side * side * batch_for((side, side), resources.gpus) / pixels
         if train_s / step_s >= MIN_STEPS or side == min(CROP_SIZES):
             draft.set("input_size", [side, side], f"{crop[0]} px crops would leave {train_s / timing.step_s:.0f} "
                                                   f"steps in the budget; {side} px leave {train_s / step_s:.0f} "
                                                   f"(at least {MIN_STEPS}, or the smallest crop)")
-            draft.set("batch_size", new_batch, f"about {PIXELS_PER_STEP // 1024}K pixels per step "
-                                               f"(at least {MIN_BATCH} for BatchNorm)")
+            plan_batch((side, side), resources, draft)
+            plan_augmentation(fp, (side, side), draft)
             return Timing(step_s, timing.val_image_s, timing.val_images, timing.workers)
     return timing
 
@@ -300,7 +305,7 @@ def afford_crop(draft: Draft, timing: Timing, budget_s: float, multiple: int, gp
 def time_rules(draft: Draft, timing: Timing, budget_s: float) -> None:
     """Phase 2: steps, epochs, schedule and validation cadence that fill the budget."""
     val_s = validation_seconds(timing)
-    train_s = budget_s * (1 - VAL_SHARE) - STARTUP_RESERVE_S
+    train_s = budget_s * (1 - VAL_SHARE)
     steps = max(1, int(train_s / timing.step_s))
     short = f" (fewer than the {MIN_STEPS} the recipes needed: a larger budget would pay)" if steps < MIN_STEPS else ""
     per_epoch = max(MIN_STEPS_PER_EPOCH, steps // EPOCHS_TARGET)
@@ -338,7 +343,8 @@ def search_rules(draft: Draft, budget_s: float, concurrent: int) -> tuple[dict[s
     grace = max(1, epochs // 4)
     sections = {
         "search": search,
-        "scheduler": {"type": "asha", "grace_period": grace, "reduction_factor": 2, "max_epochs": epochs},
+        # each trial re-sizes its epochs to its budget: the cap leaves room for one that measures faster steps
+        "scheduler": {"type": "asha", "grace_period": grace, "reduction_factor": 2, "max_epochs": 2 * epochs},
         "searcher": {"type": "optuna", "seed": 0},
         "samples": samples,
         "resources": {"workers_per_trial": train["workers"], "cpus_per_worker": train["cpus_per_worker"]},

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import pandas as pd
 import yaml
+from ray.tune import Result, ResultGrid
 
 from segengine import storage
 from segengine.cluster import redact
@@ -29,7 +31,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
 
-def best_checkpoint(result, metric: str, mode: str) -> str | None:
+def best_checkpoint(result: Result, metric: str, mode: str) -> str | None:
     """The trial's best checkpoint: Tune's own (in-process trials), else the `checkpoint_path` a Train-backed trial
     reported with its best epoch (its TorchTrainer keeps the best ones)."""
     if result.best_checkpoints:
@@ -42,7 +44,7 @@ def best_checkpoint(result, metric: str, mode: str) -> str | None:
     return str(df.loc[row, "checkpoint_path"]) or None
 
 
-def _best_trial(grid, metric: str, mode: str) -> str | None:
+def _best_trial(grid: ResultGrid, metric: str, mode: str) -> str | None:
     try:
         best = grid.get_best_result(metric=metric, mode=mode, scope="all", filter_nan_and_inf=True)
     except RuntimeError:  # no trial reported the metric
@@ -56,7 +58,8 @@ def exploit_count(tune_dir: str) -> int:
     return len(storage.read_text(path).splitlines()) if storage.exists(path) else 0
 
 
-def _status(result, hist, epochs: list, max_epochs: int, completed: set[str] | None) -> str:
+def _status(result: Result, hist: pd.DataFrame | None, epochs: list, max_epochs: int, completed: set[str] | None
+            ) -> str:
     """finished, stopped (by the scheduler), cut (by the search's time budget), not started, or error."""
     trial_id = result.path.rstrip("/").rsplit("/", 1)[-1]
     if result.error:
@@ -69,7 +72,7 @@ def _status(result, hist, epochs: list, max_epochs: int, completed: set[str] | N
     return "stopped" if max(epochs) < min(last, max_epochs) else "finished"
 
 
-def _row(result, cfg: TrainConfig, tune_dir: str, searched: dict[str, tuple[str, str]], max_epochs: int,
+def _row(result: Result, cfg: TrainConfig, tune_dir: str, searched: dict[str, tuple[str, str]], max_epochs: int,
          completed: set[str] | None) -> tuple[dict[str, Any], tuple[list, list]]:
     """One trial's results row and its (epochs, metric values) curve."""
     metric, mode = cfg.metric, cfg.mode
@@ -92,7 +95,7 @@ def _row(result, cfg: TrainConfig, tune_dir: str, searched: dict[str, tuple[str,
     return row, (epochs, values)
 
 
-def finish(grid, cfg: TrainConfig, num_classes: int, tune_dir: str, searched: dict[str, tuple[str, str]],
+def finish(grid: ResultGrid, cfg: TrainConfig, num_classes: int, tune_dir: str, searched: dict[str, tuple[str, str]],
            max_epochs: int, interrupted: bool, pbt: bool = False, budget: tuple[float, float] | None = None,
            completed: set[str] | None = None) -> dict[str, Any]:
     """Results table (printed + CSV) from Tune's ResultGrid, best.yaml, curves plot; `budget`: (the search's time

@@ -38,9 +38,9 @@ def test_thickness_and_object_size_are_measured_within_a_pixel(shapes):
 
 def test_intensity_statistics_per_class_and_layout(shapes):
     fp = _fingerprint(shapes)
-    means = [c.intensity[0]["mean"] for c in fp.classes]
+    means = [c.intensity[0].mean for c in fp.classes]
     assert means == pytest.approx([60, 200, 130], abs=3)  # the generator's grey levels, noise std 12
-    assert fp.intensity[0]["p0.5"] < 60 < 200 < fp.intensity[0]["p99.5"]
+    assert fp.intensity[0].p(0.5) < 60 < 200 < fp.intensity[0].p(99.5)
     assert all(0.35 < c.vertical_position < 0.65 for c in fp.classes)  # nothing sits at the top or bottom
 
 
@@ -56,7 +56,8 @@ def test_upright_scenes_show_in_the_vertical_positions(tmp_path):
     assert fp.classes[1].vertical_position == pytest.approx(0.15, abs=0.01)
 
 
-def test_second_run_reads_the_cache_and_a_changed_file_misses_it(shapes):
+def test_second_run_reads_the_cache_and_a_changed_file_misses_it(shapes, tmp_path, monkeypatch):
+    monkeypatch.setenv("UNET_ZOO_CACHE", str(tmp_path / "cache"))  # this test's own cache
     first = _fingerprint(shapes, cache=True)
     start = time.perf_counter()
     again = _fingerprint(shapes, cache=True)

@@ -146,3 +146,14 @@ def test_the_cli_spells_the_label_modes_as_the_data_pipeline_does():
     from segengine import config
 
     assert config.LABEL_MODES == segdata.meta.LABEL_MODES
+
+
+def test_a_normalization_without_a_clip_window_applies_mean_and_std_only():
+    import zoo
+    from segengine.worker import normalization
+
+    cfg = TrainConfig.from_dict({"normalization": {"mean": [40.0], "std": [15.0]}})
+    norm = normalization(cfg, zoo.get_spec("mini"), 1)
+    assert norm.clip is None and norm.mean == (40.0,) and norm.std == (15.0,)
+    with pytest.raises(ConfigError, match="low and high need one value per channel each"):
+        TrainConfig.from_dict({"normalization": {"mean": [40.0], "std": [15.0], "low": [50.0], "high": [20.0]}})

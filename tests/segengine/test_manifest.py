@@ -8,7 +8,7 @@ import torch
 
 import zoo
 from segengine import checkpoint
-from segengine.manifest import MANIFEST_VERSION, InferenceMode, Intensity, Manifest
+from segengine.manifest import MANIFEST_VERSION, InferenceMode, Manifest
 
 FIXTURE = Path(__file__).parent / "fixtures" / "manifest_v1.json"
 
@@ -36,9 +36,8 @@ def test_the_oldest_manifests_without_a_dataset_entry_or_inference_mode_load():
 
 def test_a_checkpoint_round_trips_through_the_type(tmp_path):
     manifest = Manifest.from_dict(json.loads(FIXTURE.read_text())).model_copy(update={
-        "manifest_version": 0, "normalization": Intensity(name="dataset", mean=(40.0,), std=(15.0,), low=(19.0,),
-                                                          high=(124.0,)),
-        "inference": InferenceMode(mode="sliding", window=(64, 64), scale=0.5)})
+        "manifest_version": 0, "normalization": zoo.Normalization("dataset", (40.0,), (15.0,), (19.0,), (124.0,)),
+        "inference": InferenceMode(mode="sliding", window=(64, 64), resample=0.5)})
     weights = zoo.create_model("unet", 2, in_channels=1).state_dict()
     folder = checkpoint.write(tmp_path / "c", {"model": weights}, manifest)
     written = json.loads((folder / "manifest.json").read_text())
@@ -47,6 +46,6 @@ def test_a_checkpoint_round_trips_through_the_type(tmp_path):
     state, read = checkpoint.load(str(folder))
     assert read == manifest.model_copy(update={"manifest_version": MANIFEST_VERSION,
                                                "state_sha256": written["state_sha256"]})
-    assert read.normalization.clip == ((19.0,), (124.0,)) and read.inference.scale == 0.5
+    assert read.normalization.clip == ((19.0,), (124.0,)) and read.inference.resample == 0.5
     model, _ = checkpoint.build_model(str(folder))
     assert model(torch.zeros(1, 1, 64, 64)).shape == (1, 2, 64, 64)

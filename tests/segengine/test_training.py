@@ -255,7 +255,8 @@ def test_a_checkpoints_random_state_continues_every_stream_where_it_stopped():
 
 def test_two_epochs_plus_resume_to_four_equal_four_epochs(tmp_path):
     """In-process, patch sampling: the resumed run trains the same crops in the same order from the same state, so
-    its final weights equal the uninterrupted run's."""
+    its final weights equal the uninterrupted run's (the end-to-end property; the numpy position itself is the
+    unit test above, since these crops draw from their own seeded generators)."""
     import torch
 
     common = ["train", "--data", "synth:seed=0,n_train=8,n_val=4,size=64", "--workers", "0", "--sampling", "patch",
