@@ -7,7 +7,7 @@ and metrics skip, so everything downstream (transforms, engine, metrics) handles
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
@@ -95,30 +95,31 @@ Level = Annotated[StrictInt, Field(ge=0, le=255)]
 Folder = Annotated[StrictStr, Field(min_length=1)]
 
 
+def _key(what: str, kind: Any, **bounds: Any) -> Any:
+    """A dataset.yaml key's type: its rule (pydantic) and, in the same place, the words an error shows."""
+    return Annotated[kind, Field(description=what, **bounds)] | None
+
+
 class DatasetYaml(BaseModel):
-    """The schema of dataset.yaml (strict: no strings for numbers, no numbers for names)."""
+    """The schema of dataset.yaml (strict: no strings for numbers, no numbers for names); each key's description is
+    what its error message says it takes."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    classes: Annotated[list[StrictStr | StrictInt], Field(min_length=1, max_length=MAX_CLASSES)] | None = None
-    num_classes: Annotated[StrictInt, Field(ge=1, le=MAX_CLASSES)] | None = None
-    label_mode: LabelMode | None = None
-    threshold: Annotated[StrictInt, Field(ge=0, le=254)] | None = None
-    target_below: StrictBool | None = None
-    ignore_index: Level | None = None
-    colors: list[Annotated[list[Level], Field(min_length=3, max_length=3)]] | None = None
-    images: Folder | None = None
-    labels: Folder | None = None
+    classes: _key(f"a list of 1 to {MAX_CLASSES} class names", list[StrictStr | StrictInt], min_length=1,
+                  max_length=MAX_CLASSES) = None
+    num_classes: _key(f"an integer from 1 to {MAX_CLASSES}", StrictInt, ge=1, le=MAX_CLASSES) = None
+    label_mode: _key(" or ".join(LABEL_MODES), LabelMode) = None
+    threshold: _key("an integer grey level from 0 to 254", StrictInt, ge=0, le=254) = None
+    target_below: _key("true or false", StrictBool) = None
+    ignore_index: _key("an integer from 0 to 255", Level) = None
+    colors: _key("a list of [R, G, B] triples (0..255)",
+                 list[Annotated[list[Level], Field(min_length=3, max_length=3)]]) = None
+    images: _key("a folder name relative to the dataset", Folder) = None
+    labels: _key("a folder name relative to the dataset", Folder) = None
 
 
 YAML_KEYS = tuple(DatasetYaml.model_fields)
-YAML_EXPECTED = {
-    "classes": f"a list of 1 to {MAX_CLASSES} class names", "num_classes": f"an integer from 1 to {MAX_CLASSES}",
-    "label_mode": " or ".join(LABEL_MODES), "threshold": "an integer grey level from 0 to 254",
-    "target_below": "true or false", "ignore_index": "an integer from 0 to 255",
-    "colors": "a list of [R, G, B] triples (0..255)", "images": "a folder name relative to the dataset",
-    "labels": "a folder name relative to the dataset",
-}
 
 
 def parse_dataset_yaml(text: str, source: str) -> dict[str, Any]:
@@ -141,11 +142,21 @@ def parse_dataset_yaml(text: str, source: str) -> dict[str, Any]:
         DatasetYaml(**data)
     except ValidationError as exc:
         key = str(exc.errors()[0]["loc"][0])
-        raise DataError(f"{source}: {key}: expected {YAML_EXPECTED[key]}, got {data[key]!r}") from None
+        raise DataError(f"{source}: {key}: expected {_description(key)}, got {data[key]!r}") from None
     if "classes" in data and "num_classes" in data and len(data["classes"]) != data["num_classes"]:
         raise DataError(f"{source}: num_classes is {data['num_classes']} but classes lists "
                         f"{len(data['classes'])} names; keep one of the two keys")
     return data
+
+
+def _description(key: str) -> str:
+    """The words declared on a dataset.yaml key's type (`_key`)."""
+    hint = DatasetYaml.model_fields[key].annotation
+    for arg in get_args(hint) or (hint,):
+        for extra in get_args(arg)[1:]:
+            if getattr(extra, "description", None):
+                return extra.description
+    return key
 
 
 def membrane_dataset_yaml(title: str) -> str:

@@ -94,3 +94,32 @@ def test_no_import_cycles_and_nothing_imports_the_cli():
 
 def test_the_cycle_finder_finds_a_chain():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+# import names of the declared dependencies whose distribution is named otherwise
+IMPORT_NAMES = {"opencv-python-headless": "cv2", "pillow": "PIL", "pyyaml": "yaml",
+                "segmentation-models-pytorch": "segmentation_models_pytorch", "tensorboardX": "tensorboardX"}
+
+
+def test_every_third_party_package_the_code_imports_is_a_declared_dependency():
+    """pyproject.toml declares what the code imports (pydantic arrived only through Ray before it was declared); the
+    optional extras cover the tracking and Keras packages."""
+    import re
+    import sys
+
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = [*project["dependencies"], *project["optional-dependencies"]["dev"]]
+    names = {IMPORT_NAMES.get(n, n.replace("-", "_")) for n in (re.split(r"[\[<>=!~ ]", d)[0] for d in declared)}
+    ours = {"launch", *PACKAGES, "tune_configs"}
+    imported: dict[str, str] = {}
+    for name, path in _modules().items():
+        for node in _runtime_nodes(ast.parse(path.read_text())):
+            roots = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            for root in (r.split(".")[0] for r in roots):
+                if root not in sys.stdlib_module_names and root not in ours:
+                    imported.setdefault(root, name)
+    missing = {root: where for root, where in imported.items() if root not in names}
+    assert not missing, f"imported but not declared in pyproject.toml: {missing}"
