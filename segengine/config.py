@@ -526,6 +526,8 @@ def flag_overrides(args: Any) -> dict[str, Any]:
         if len(out["workers"]) > 2:
             raise ConfigError(f"--workers takes N or MIN MAX, got {' '.join(map(str, out['workers']))}")
         out["workers"] = out["workers"][0] if len(out["workers"]) == 1 else list(out["workers"])
+    if "class_weights" in out:  # weights given on the command line replace a recipe's derived ones
+        out["class_weight_exponent"] = None
     return out
 
 

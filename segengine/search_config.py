@@ -108,6 +108,8 @@ class SearchConfig(_Strict):
         raw = dict(source) if isinstance(source, Mapping) else load_yaml(source) if source else {}
         where = "saved search settings" if isinstance(source, Mapping) else source or "command line"
         raw["train"] = {**(raw.get("train") or {}), **(train_overrides or {})}
+        if (train_overrides or {}).get("class_weights") is not None:  # --class-weights fixes what was searched
+            raw["class_weights"] = {**(raw.get("class_weights") or {}), "inverse_frequency_exponent": None}
         for key, value in (overrides or {}).items():
             if value is None:
                 continue

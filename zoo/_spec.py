@@ -36,15 +36,19 @@ class Normalization:
         return (self.low, self.high) if self.low is not None and self.high is not None else None
 
     def for_channels(self, n: int) -> Normalization:
-        """The same normalisation for n input channels: grey images use the channel average, more channels repeat."""
+        """The same normalisation for n input channels: grey images use the channel average, more channels repeat
+        (the clip window too, when there is one)."""
         if n < 1:
             raise ZooError(f"in_channels must be at least 1, got {n}")
-        if n == len(self.mean):
-            return self
-        if n == 1:
-            return replace(self, mean=(sum(self.mean) / len(self.mean),), std=(sum(self.std) / len(self.std),))
-        return replace(self, mean=tuple(self.mean[i % len(self.mean)] for i in range(n)),
-                       std=tuple(self.std[i % len(self.std)] for i in range(n)))
+
+        def fit(values: tuple[float, ...] | None) -> tuple[float, ...] | None:
+            if values is None or len(values) == n:
+                return values
+            if n == 1:
+                return (sum(values) / len(values),)
+            return tuple(values[i % len(values)] for i in range(n))
+
+        return replace(self, mean=fit(self.mean), std=fit(self.std), low=fit(self.low), high=fit(self.high))
 
 
 TUTORIAL = Normalization("tutorial", (127.5, 127.5, 127.5), (127.5, 127.5, 127.5))

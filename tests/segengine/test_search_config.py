@@ -1,13 +1,14 @@
 """One typed search config: its defaults are spelled once (here checked against the docs' table), it round-trips
 through YAML, and its errors are one line naming the key."""
 
+import argparse
 import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from segengine.config import ConfigError
+from segengine.config import ConfigError, flag_overrides
 from segengine.search_config import AshaScheduler, PbtScheduler, SearchConfig
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "training.md"
@@ -65,3 +66,12 @@ def test_errors_are_one_line_naming_the_key(raw, message):
     with pytest.raises(ConfigError) as err:
         SearchConfig.parse(raw, "t.yaml")
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_class_weights_given_as_flags_replace_the_recipes_derived_and_searched_ones():
+    """`tune --class-weights 1 3` over a recipe that derives and searches the weights: the user's weights win."""
+    flags = flag_overrides(argparse.Namespace(class_weights=[1.0, 3.0]))
+    config = SearchConfig.load({"train": {"class_weight_exponent": 0.5},
+                                "class_weights": {"inverse_frequency_exponent": [0.0, 1.0]}}, flags)
+    assert config.train.class_weights == [1.0, 3.0] and config.train.class_weight_exponent is None
+    assert config.class_weights.inverse_frequency_exponent is None

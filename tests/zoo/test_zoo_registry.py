@@ -88,6 +88,9 @@ def test_normalization():
     assert IMAGENET.for_channels(3) == IMAGENET
     five = Normalization("x", (1.0, 2.0, 3.0), (4.0, 5.0, 6.0)).for_channels(5)
     assert five.mean == (1.0, 2.0, 3.0, 1.0, 2.0) and five.std == (4.0, 5.0, 6.0, 4.0, 5.0)
+    clipped = Normalization("planned", (50.0, 60.0), (10.0, 20.0), low=(0.0, 10.0), high=(200.0, 100.0))
+    assert clipped.for_channels(1).clip == ((5.0,), (150.0,))
+    assert clipped.for_channels(3).clip == ((0.0, 10.0, 0.0), (200.0, 100.0, 200.0))
 
 
 def test_register_encoder_sources_and_clashes(registry):
