@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 from segdata import isbi, synth
 from segdata.check import DataReport, check_dataset, class_frequencies, validated_samples
 from segdata.files import read_image, read_label
-from segdata.folder import Sample, SegFolder, local_samples, natural_key, open_dataset, portable_samples
+from segdata.folder import Sample, SegFolder, local_samples, open_dataset, portable_samples
 from segdata.meta import IGNORE, DataError, DatasetMeta
+from segdata.pairing import natural_key
 from segdata.resolve import is_synth, resolve_data
 from segdata.transforms import (
     EvalTransform,

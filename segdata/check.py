@@ -38,12 +38,16 @@ class DataReport:
         meta = self.meta
         if meta.label_mode == "threshold":
             rule = "<=" if meta.target_below else ">"
-            mode = f"threshold mode (grey {rule} {meta.threshold} is {meta.classes[1]!r})"
+            mode = f"threshold mode (value {rule} {meta.threshold} is {meta.classes[1]!r})"
+        elif meta.label_mode == "nonzero":
+            mode = f"nonzero mode (any non-zero value is {meta.classes[1]!r})"
+        elif meta.label_mode == "color":
+            mode = f"color mode ({len(meta.palette)} colours in palette:)"
         else:
             mode = f"index mode (value = class id, {meta.ignore_index} ignored)"
         lines = [f"dataset {self.root} ({meta.layout} layout)",
-                 f"  labels: {meta.num_classes} classes, {mode}; images: "
-                 f"{'grey, 1 channel' if meta.in_channels == 1 else 'RGB, 3 channels'}",
+                 f"  labels: {meta.num_classes} classes, {mode}; images: {_channels(meta.in_channels)}, "
+                 f"{meta.image_bits}-bit",
                  "  splits: " + ", ".join(f"{split} {n}" for split, n in self.counts.items())]
         if self.image_sizes:
             sizes = ", ".join(f"{w}x{h} ({n})" for (h, w), n in self.image_sizes.most_common(5))
@@ -73,25 +77,27 @@ class _Inspection:
     digest: bytes | None = None
     label_error: str | None = None
     label_size: tuple[int, int] | None = None
-    histogram: np.ndarray | None = None
+    histogram: np.ndarray | None = None  # pixels per class id (IGNORE included)
+    unknown: list[str] = field(default_factory=list)  # stored values that no class stands for
 
 
-def _inspect(sample: Sample) -> _Inspection:
-    """Read a pair once: decode the image (size, channels, content hash), histogram the raw label values."""
+def _inspect(sample: Sample, meta: DatasetMeta) -> _Inspection:
+    """Read a pair once: decode the image (size, channels, content hash), histogram the label's class ids."""
     result = _Inspection()
     try:
         data = files.read_bytes(sample.image)
-        picture = files.decode(data, sample.image)
-        result.image_size = (picture.height, picture.width)
-        result.channels = files.mode_channels(picture.mode)
+        values = files.image_values(data, sample.image).values
+        result.image_size = values.shape[:2]
+        result.channels = values.shape[2]
         result.digest = hashlib.blake2b(data, digest_size=16).digest()
     except DataError as exc:
         result.image_error = str(exc)
     if sample.label is not None:
         try:
-            raw = files.read_raw_label(sample.label)
-            result.label_size = raw.shape
-            result.histogram = np.bincount(raw.ravel(), minlength=256)
+            raw = files.read_raw_label(sample.label, meta.label_mode == "color")
+            result.label_size = raw.shape[:2]
+            result.histogram = np.bincount(meta.to_class_ids(raw, sample.label).ravel(), minlength=256)
+            result.unknown = meta.unknown_values(raw)
         except DataError as exc:
             result.label_error = str(exc)
     return result
@@ -148,14 +154,13 @@ def check_dataset(root_or_folder: str | SegFolder, *, num_classes: int | None = 
             problem(f"{name}: in more than one split ({', '.join(in_splits)})", name)
 
     with ThreadPoolExecutor(READ_THREADS) as pool:
-        inspections = dict(zip(to_read, pool.map(_inspect, to_read.values()), strict=True))
+        inspections = dict(zip(to_read, pool.map(lambda s: _inspect(s, meta), to_read.values()), strict=True))
     _judge(report, meta, to_read, inspections, problem)
     return report
 
 
 def _judge(report: DataReport, meta: DatasetMeta, samples: dict[str, Sample],
            inspections: dict[str, _Inspection], problem: Callable[..., None]) -> None:
-    lut = meta.label_lut()
     class_pixels = np.zeros(256, dtype=np.float64)
     by_digest: dict[bytes, list[str]] = defaultdict(list)
     channels: Counter = Counter()
@@ -171,18 +176,17 @@ def _judge(report: DataReport, meta: DatasetMeta, samples: dict[str, Sample],
             problem(f"{name}: label {seen.label_error}", name)
         if seen.histogram is None:
             continue
-        class_pixels += np.bincount(lut, weights=seen.histogram, minlength=256)
+        class_pixels += seen.histogram
         if seen.image_size and seen.image_size != seen.label_size:
             (ih, iw), (lh, lw) = seen.image_size, seen.label_size
             problem(f"{name}: image {sample.image} is {iw}x{ih} but label {sample.label} is {lw}x{lh}", name)
-        if meta.label_mode == "index":
-            stray = [v for v in np.flatnonzero(seen.histogram[meta.num_classes:]) + meta.num_classes
-                     if v != meta.ignore_index]
-            if stray:
-                problem(f"{name}: label {sample.label} has values {', '.join(map(str, stray))} outside the "
-                        f"{meta.num_classes} classes (0..{meta.num_classes - 1}, ignore_index "
-                        f"{meta.ignore_index}); fix the label or set classes/ignore_index in dataset.yaml",
-                        name)
+        if seen.unknown and meta.label_mode == "color":
+            problem(f"{name}: label {sample.label} has colours {_listed(seen.unknown)} that palette: does not "
+                    "map; add them to palette: in dataset.yaml (to a class, or to ignore)", name)
+        elif seen.unknown:
+            problem(f"{name}: label {sample.label} has values {_listed(seen.unknown)} outside the "
+                    f"{meta.num_classes} classes (0..{meta.num_classes - 1}, ignore_index "
+                    f"{meta.ignore_index}); fix the label or set classes/ignore_index in dataset.yaml", name)
     for paths in by_digest.values():
         if len(paths) > 1:
             duplicates = [name for name, s in samples.items() if s.image in paths[1:]]
@@ -194,8 +198,21 @@ def _judge(report: DataReport, meta: DatasetMeta, samples: dict[str, Sample],
                                for i, name in enumerate(meta.classes)}
         report.ignored_share = float(class_pixels[IGNORE] / total)
     if len(channels) > 1:
-        report.notes.append(f"mixed grey and RGB images ({dict(channels)}); all are read with "
-                            f"{meta.in_channels} channel(s)")
+        report.notes.append(f"mixed channel counts ({dict(channels)}); all are read with {meta.in_channels} "
+                            "channel(s) (grey and RGB convert; other counts are problems)")
+        for name, seen in inspections.items():
+            if seen.channels is not None and seen.channels != meta.in_channels \
+                    and {seen.channels, meta.in_channels} != {1, 3}:
+                problem(f"{name}: image {samples[name].image} has {seen.channels} channel(s), the dataset's first "
+                        f"image {meta.in_channels}", name)
+
+
+def _channels(n: int) -> str:
+    return {1: "grey, 1 channel", 3: "RGB, 3 channels"}.get(n, f"{n} channels")
+
+
+def _listed(values: list[str], most: int = 8) -> str:
+    return ", ".join(values[:most]) + (f" and {len(values) - most} more" if len(values) > most else "")
 
 
 def validated_samples(folder: SegFolder, split: str, skip_bad: bool) -> list[Sample]:

@@ -39,7 +39,7 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         sample = self.samples[index]
-        image = to_channels(read_image(sample.image), self.meta.in_channels)
+        image = to_channels(read_image(sample.image, self.meta.image_range), self.meta.in_channels, sample.image)
         label = None if sample.label is None else read_label(sample.label, self.meta)
         if label is not None and label.shape != image.shape[:2]:  # a resize would hide it as misalignment
             raise DataError(f"{sample.label} is {label.shape[1]}x{label.shape[0]} but {sample.image} is "
@@ -96,7 +96,7 @@ class PatchDataset(Dataset):
         if image_index in self._cache:
             return self._cache[image_index]
         sample = self.samples[image_index]
-        image = to_channels(read_image(sample.image), self.meta.in_channels)
+        image = to_channels(read_image(sample.image, self.meta.image_range), self.meta.in_channels, sample.image)
         label = read_label(sample.label, self.meta)
         if label.shape != image.shape[:2]:
             raise DataError(f"{sample.label} is {label.shape[1]}x{label.shape[0]} but {sample.image} is "

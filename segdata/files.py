@@ -10,19 +10,23 @@ import io
 import os
 import re
 import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import unquote, urlsplit
 
 import cv2
 import numpy as np
 import pyarrow.fs as pafs
-from PIL import Image, UnidentifiedImageError
+import tifffile
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from segdata.meta import DataError, DatasetMeta
+from segdata.meta import MAX_CHANNELS, MAX_LABEL_VALUE, DataError, DatasetMeta
 
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _LOCAL = pafs.LocalFileSystem()
-_GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_EXIF_ORIENTATION = 0x0112
 
 
 def is_uri(path: str) -> bool:
@@ -121,60 +125,148 @@ def decode(data: bytes, source: str) -> Image.Image:
     return picture
 
 
-def mode_channels(mode: str) -> int:
-    """Channels `read_image` returns for a Pillow mode: grey stays 1, everything else becomes RGB."""
-    return 1 if mode in _GREY_MODES else 3
+@dataclass(frozen=True)
+class StoredImage:
+    """An image file's values as stored (uint8, uint16, int32 or float32), H x W x C channel-last, and what reading
+    it changed (alpha dropped, channel-first stack transposed, EXIF rotation applied)."""
+
+    values: np.ndarray
+    notes: tuple[str, ...] = ()
+
+    @property
+    def bits(self) -> int:
+        return self.values.dtype.itemsize * 8
 
 
-def image_array(picture: Image.Image) -> np.ndarray:
-    """H x W x C uint8 with C = 1 (grey) or 3 (RGB; palette, alpha and CMYK images are converted)."""
-    if mode_channels(picture.mode) == 3:
-        rgb = picture if picture.mode == "RGB" else picture.convert("RGB")
-        return np.asarray(rgb)
-    if picture.mode.startswith("I;16"):
-        grey = (np.asarray(picture).astype(np.uint16) >> 8).astype(np.uint8)
+def image_values(data: bytes, source: str) -> StoredImage:
+    """Decode an image file: TIFF through tifffile (any depth, any channel count), the rest through Pillow."""
+    if data[:4] in _TIFF_MAGIC:
+        try:
+            return _tiff_values(tifffile.imread(io.BytesIO(data)), source)
+        except (ValueError, TypeError, KeyError, NotImplementedError, tifffile.TiffFileError):
+            pass  # a TIFF tifffile cannot decode alone (e.g. LZW without imagecodecs): Pillow may
+    picture = decode(data, source)
+    notes = []
+    if picture.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+        picture = ImageOps.exif_transpose(picture)
+        notes.append("EXIF orientation applied")
+    mode = picture.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        notes.append(f"{mode} images: the alpha channel is dropped")
+    if mode in ("1", "L", "LA", "La"):
+        values = np.asarray(picture.convert("L"))
+    elif mode.startswith("I;16"):
+        values = np.asarray(picture).astype(np.uint16)
+    elif mode in ("I", "F"):
+        values = np.asarray(picture)
     else:
-        grey = np.asarray(picture if picture.mode == "L" else picture.convert("L"))
-    return grey[:, :, None]
+        values = np.asarray(picture if mode == "RGB" else picture.convert("RGB"))
+    return StoredImage(values[:, :, None] if values.ndim == 2 else values, tuple(notes))
 
 
-def raw_label_array(picture: Image.Image, source: str) -> np.ndarray:
-    """The stored label values as H x W uint8 (palette PNGs give their indices), before any label mode."""
+def _tiff_values(values: np.ndarray, source: str) -> StoredImage:
+    notes = []
+    if values.dtype == bool:
+        values = values.astype(np.uint8) * 255
+    if values.ndim == 2:
+        values = values[:, :, None]
+    elif values.ndim == 3 and values.shape[2] > MAX_CHANNELS and values.shape[0] <= MAX_CHANNELS:  # C x H x W
+        values = np.ascontiguousarray(values.transpose(1, 2, 0))
+        notes.append(f"channel-first TIFF ({values.shape[2]} x H x W), read as H x W x {values.shape[2]}")
+    if values.ndim != 3 or values.shape[2] > MAX_CHANNELS:
+        raise DataError(f"{source}: a stack of shape {' x '.join(map(str, values.shape))}; give one 2D image per "
+                        f"file (at most {MAX_CHANNELS} channels)")
+    if values.dtype.kind not in "uif" or values.dtype.itemsize > 4:
+        values = values.astype(np.float32)
+    return StoredImage(values, tuple(notes))
+
+
+def to_8bit(values: np.ndarray, image_range: Sequence[tuple[float, float]] | None, source: str) -> np.ndarray:
+    """8-bit images as they are; deeper ones mapped linearly from the dataset's intensity range (per channel, from
+    its own percentiles) onto 0..255, so that everything downstream is one uint8 pipeline."""
+    if values.dtype == np.uint8:
+        return values
+    if not image_range:
+        raise DataError(f"{source}: a {values.dtype.itemsize * 8}-bit image, but the model's images were 8-bit, so "
+                        "nothing says how to map its values; convert it to 8-bit")
+    channels = values.shape[2]
+    ranges = list(image_range) * channels if len(image_range) == 1 else list(image_range)
+    if len(ranges) != channels:
+        raise DataError(f"{source}: {channels} channel(s), but the dataset's images have {len(image_range)}")
+    low = np.asarray([r[0] for r in ranges], np.float32)
+    scale = 255 / np.maximum(np.asarray([r[1] for r in ranges], np.float32) - low, 1e-6)
+    mapped = (values.astype(np.float32) - low) * scale
+    return np.round(np.clip(mapped, 0, 255, out=mapped)).astype(np.uint8)
+
+
+def raw_label_array(picture: Image.Image, source: str, color: bool = False) -> np.ndarray:
+    """The stored label values before any label mode: H x W uint8 or uint16 (palette PNGs give their indices), or
+    H x W x 3 colours when `color` (colour-coded labels). A colour file that is grey but for lossy-compression
+    noise (JPEG masks saved as RGB) reads as grey."""
+    if picture.mode == "P" and _grey_palette(picture):  # a mask saved with a palette of greys (GIF masks)
+        return np.asarray(picture.convert("L"))
     if picture.mode in ("L", "P"):
         return np.asarray(picture)
     if picture.mode in ("1", "LA"):
         return np.asarray(picture.convert("L"))
     if picture.mode.startswith("I") or picture.mode == "F":
         values = np.asarray(picture)
-        if values.min() < 0 or values.max() > 255 or not np.array_equal(values, np.round(values)):
-            raise DataError(f"{source}: label values outside 0..255; labels hold class ids "
-                            "(at most 255 classes)")
-        return values.astype(np.uint8)
+        if values.min() < 0 or values.max() > MAX_LABEL_VALUE or not np.array_equal(values, np.round(values)):
+            raise DataError(f"{source}: label values outside 0..{MAX_LABEL_VALUE} or not whole numbers; labels "
+                            "hold class ids, mask levels or instance ids")
+        return values.astype(np.uint16)
     rgb = np.asarray(picture.convert("RGB"))
-    if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
-        raise DataError(f"{source}: a colour label image; labels must be grey or palette PNGs holding "
-                        "class ids")
-    return np.ascontiguousarray(rgb[..., 0])
+    if color:
+        return rgb
+    grey = uncoloured(rgb)
+    if grey is None:
+        raise DataError(f"{source}: a colour label image; map its colours to classes with palette: in "
+                        "dataset.yaml (docs/data.md)")
+    return grey
 
 
-def read_image(path_or_uri: str) -> np.ndarray:
-    """H x W x C uint8, C = 1 for grey and 3 for RGB."""
-    return image_array(decode(read_bytes(path_or_uri), path_or_uri))
+def _grey_palette(picture: Image.Image) -> bool:
+    """Whether the palette entries the picture uses are all grey and include more than indices 0/1 would say."""
+    used = np.flatnonzero(np.bincount(np.asarray(picture).ravel(), minlength=256))
+    colours = np.asarray(picture.getpalette() or [], np.int64).reshape(-1, 3)
+    if not len(colours) or used.max() >= len(colours):
+        return False
+    chosen = colours[used]
+    return bool((chosen == chosen[:, :1]).all() and not np.array_equal(chosen[:, 0], used))
 
 
-def read_raw_label(path_or_uri: str) -> np.ndarray:
-    return raw_label_array(decode(read_bytes(path_or_uri), path_or_uri), path_or_uri)
+def uncoloured(rgb: np.ndarray) -> np.ndarray | None:
+    """The grey values of an RGB label whose channels agree (up to JPEG's colour noise: 99% of pixels within 24
+    levels), else None: a colour-coded label."""
+    spread = rgb.max(axis=2).astype(np.int16) - rgb.min(axis=2)
+    if not spread.any():
+        return np.ascontiguousarray(rgb[..., 0])
+    if np.percentile(spread, 99) > 24:
+        return None
+    return np.round(rgb.mean(axis=2)).astype(np.uint8)
+
+
+def read_image(path_or_uri: str, image_range: Sequence[tuple[float, float]] | None = None) -> np.ndarray:
+    """H x W x C uint8 (C = 1 for grey, 3 for RGB, or what a TIFF holds); see `to_8bit` for deeper images."""
+    return to_8bit(image_values(read_bytes(path_or_uri), path_or_uri).values, image_range, path_or_uri)
+
+
+def read_raw_label(path_or_uri: str, color: bool = False) -> np.ndarray:
+    return raw_label_array(decode(read_bytes(path_or_uri), path_or_uri), path_or_uri, color)
 
 
 def read_label(path_or_uri: str, meta: DatasetMeta) -> np.ndarray:
     """H x W uint8 class ids with IGNORE, after the dataset's label mode."""
-    return meta.label_lut()[read_raw_label(path_or_uri)]
+    return meta.to_class_ids(read_raw_label(path_or_uri, meta.label_mode == "color"), path_or_uri)
 
 
-def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
-    """Make a grey image RGB or an RGB image grey, for sets that mix both."""
+def to_channels(image: np.ndarray, channels: int, source: str = "image") -> np.ndarray:
+    """Make a grey image RGB or an RGB image grey, for sets that mix both; other counts cannot be converted."""
     if image.shape[2] == channels:
         return image
-    if channels == 3:
+    if image.shape[2] == 1 and channels == 3:
         return np.repeat(image, 3, axis=2)
-    return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[:, :, None]
+    if image.shape[2] == 3 and channels == 1:
+        return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[:, :, None]
+    raise DataError(f"{source}: {image.shape[2]} channel(s), but the model takes {channels}; give images with "
+                    f"{channels} channel(s)")

@@ -38,9 +38,6 @@ FINGERPRINT_VERSION = 3
 PERCENTILES = (0.5, 1, 5, 10, 25, 50, 75, 90, 95, 99, 99.5)
 MAX_IMAGES = 1000  # larger splits are fingerprinted on this many evenly spaced images
 RIDGE_SAMPLES = 4000  # thickness samples kept per class and image (seeded), so big classes do not dominate memory
-_BIT_DEPTH = {"1": 1, "I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32, "F": 32}
-
-
 def _key(p: float) -> str:
     return f"p{p:g}"
 
@@ -204,8 +201,9 @@ class _ImageMeasure:
 
 
 def _measure(sample: Sample, meta: DatasetMeta, index: int) -> _ImageMeasure:
-    picture = files.decode(files.read_bytes(sample.image), sample.image)
-    image = files.to_channels(files.image_array(picture), meta.in_channels)
+    stored = files.image_values(files.read_bytes(sample.image), sample.image)
+    image = files.to_channels(files.to_8bit(stored.values, meta.image_range, sample.image), meta.in_channels,
+                              sample.image)
     label = files.read_label(sample.label, meta)
     n = meta.num_classes
     classes = np.where(label == IGNORE, n, np.minimum(label, n)).astype(np.int64)
@@ -225,7 +223,7 @@ def _measure(sample: Sample, meta: DatasetMeta, index: int) -> _ImageMeasure:
         count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
         areas[int(c)] = stats[1:count, cv2.CC_STAT_AREA].astype(np.float64)
         rows[int(c)] = float((mask.sum(axis=1) * row_pos).sum())
-    return _ImageMeasure((label.shape[0], label.shape[1]), _BIT_DEPTH.get(picture.mode, 8), joint, ridges, areas,
+    return _ImageMeasure((label.shape[0], label.shape[1]), stored.bits, joint, ridges, areas,
                          rows)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 from PIL import Image, ImageSequence
 
 from segdata import files
@@ -34,9 +35,7 @@ def convert(volume_tif: str, labels_tif: str, out: str, *, val: int = 5) -> str:
     for folder in ("Images", "Labels", split_dir):
         os.makedirs(os.path.join(out, folder), exist_ok=True)
     for i, (image, label) in enumerate(zip(volume, labels, strict=True)):
-        grey_image = image if files.mode_channels(image.mode) == 1 else image.convert("L")
-        grey = files.image_array(grey_image)[:, :, 0]
-        Image.fromarray(grey).save(os.path.join(out, "Images", f"{i}.png"))
+        Image.fromarray(np.asarray(image.convert("L"))).save(os.path.join(out, "Images", f"{i}.png"))
         Image.fromarray(files.raw_label_array(label, f"{labels_tif} section {i}")).save(
             os.path.join(out, "Labels", f"{i}.png"))
     n_train = len(volume) - val

@@ -114,7 +114,7 @@ class TrainTransform:
         canvas, label_canvas = _place(image, label, (nh, nw), (h, w), (dy, dx), flip)
         values = np.arange(256, dtype=np.float64)
         value_lut = np.clip(values * val, 0, 255).astype(np.uint8)
-        if canvas.shape[2] == 1:  # grey: only the value (brightness) jitter applies
+        if canvas.shape[2] != 3:  # grey or multi-channel: only the value (brightness) jitter applies
             return _normalise(canvas, self.table, value_lut), label_canvas.astype(np.int64)
         hsv_lut = np.stack([((values + hue_shift * 180) % 180).astype(np.uint8),
                             np.clip(values * sat, 0, 255).astype(np.uint8), value_lut], axis=1)[None]

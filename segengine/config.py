@@ -47,8 +47,9 @@ Validation = Literal["letterbox", "sliding"]
 Schedule = Literal["exponential", "cosine", "poly"]
 Optimizer = Literal["adam", "adamw", "sgd"]
 UseGpu = Literal["auto", "yes", "no"]
-LabelMode = Literal["index", "threshold"]  # segdata.meta.LabelMode, spelled here so that the CLI's parser starts
-# without the data pipeline's imports (OpenCV, pyarrow); tests/segengine/test_config.py holds the two equal
+# segdata.meta.LabelMode, spelled here so that the CLI's parser starts without the data pipeline's imports (OpenCV,
+# pyarrow); tests/segengine/test_config.py holds the two equal
+LabelMode = Literal["index", "threshold", "nonzero", "color"]
 LOSSES, MODES, SAMPLINGS, VALIDATIONS = get_args(Loss), get_args(Mode), get_args(Sampling), get_args(Validation)
 SCHEDULES, OPTIMIZERS, LABEL_MODES = get_args(Schedule), get_args(Optimizer), get_args(LabelMode)
 OVERLAP_RANGE = "a fraction from 0 (no overlap) to below 1, e.g. 0.25"  # of sliding windows, wherever given

@@ -107,9 +107,9 @@ class Manifest(_Frozen):
         dataset = dict(data.get("dataset") or {})
         if "classes" not in dataset:  # the oldest manifests: the dataset only at the top level
             dataset["classes"] = data.get("class_names") or [str(i) for i in range(int(data["num_classes"]))]
-        for key, top in (("in_channels", "in_channels"), ("label_mode", "label_mode"), ("colors", "colors")):
-            if key not in dataset and top in data:
-                dataset[key] = data[top]
+        for key in ("in_channels", "label_mode", "colors", "image_range"):
+            if key not in dataset and key in data:
+                dataset[key] = data[key]
         dataset.setdefault("root", "")
         data["dataset"] = dataset
         data["inference"] = data.get("inference") or {}
@@ -127,4 +127,4 @@ class Manifest(_Frozen):
                                                      "epoch", "metrics"})
         return {**kept, "num_classes": self.num_classes, "class_names": self.class_names,
                 "in_channels": self.in_channels, "colors": [list(c) for c in self.colors],
-                "label_mode": self.label_mode}
+                "label_mode": self.label_mode, "image_range": self.dataset.image_range}

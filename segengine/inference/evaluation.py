@@ -51,8 +51,8 @@ def default_eval_dir(checkpoint_path: str, split: str) -> str:
     return str(Path(storage.resolve(checkpoint_path)).parent / name)
 
 
-def _read_pair(image_path: str, label_path: str, meta) -> tuple[np.ndarray, np.ndarray]:
-    image = segdata.read_image(image_path)
+def _read_pair(predictor: Predictor, image_path: str, label_path: str, meta) -> tuple[np.ndarray, np.ndarray]:
+    image = predictor.read(image_path)
     label = segdata.read_label(label_path, meta)
     if label.shape != image.shape[:2]:
         raise InferenceError(f"{label_path}: label is {label.shape[1]}x{label.shape[0]} but its image is "
@@ -65,7 +65,8 @@ def evaluate_batch(predictor: Predictor, batch: dict[str, np.ndarray], *, meta: 
     """Per (image, label) pair of the batch, in this process or in a Ray Data actor: its confusion matrix and
     f_score counts at original resolution, flattened."""
     meta_obj = segdata.DatasetMeta.from_dict(meta)
-    pairs = [_read_pair(image, label, meta_obj) for image, label in zip(batch["image"], batch["label"], strict=True)]
+    pairs = [_read_pair(predictor, image, label, meta_obj)
+             for image, label in zip(batch["image"], batch["label"], strict=True)]
     scores = predictor.batch_scores([image for image, _ in pairs], sliding=sliding)
     cms, counts = [], []
     for lg, (_, label) in zip(scores, pairs, strict=True):

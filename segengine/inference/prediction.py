@@ -20,7 +20,8 @@ import numpy as np
 from PIL import Image
 
 import segdata
-from segdata.folder import IMAGE_EXTENSIONS, natural_key
+from segdata.folder import IMAGE_EXTENSIONS
+from segdata.pairing import natural_key
 from segengine import storage
 from segengine.config import OVERLAP_RANGE, overlap_ok
 from segengine.inference.batch_jobs import map_items
@@ -85,7 +86,7 @@ def _png(array: np.ndarray) -> bytes:
 def render(image: np.ndarray, mask: np.ndarray, palette: np.ndarray) -> dict[str, np.ndarray]:
     """The tutorial's display modes: colour mask (mix_type 1), overlay = blend(image, colours, 0.7) (mix_type 0)
     and cut-out = the image where the class is not 0 (mix_type 2); plus the class-index mask itself."""
-    rgb = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
+    rgb = image[:, :, :3] if image.shape[2] >= 3 else np.repeat(image[:, :, :1], 3, axis=2)  # what a person sees
     colour = palette[mask]
     overlay = (rgb.astype(np.float32) * (1 - OVERLAY_ALPHA) + colour.astype(np.float32) * OVERLAY_ALPHA)
     cutout = rgb * (mask != 0)[:, :, None].astype(np.uint8)
@@ -128,7 +129,7 @@ def predict_batch(predictor: Predictor, batch: dict[str, np.ndarray], *, out: st
     images = {}
     for i, path in enumerate(paths):
         try:
-            images[i] = segdata.read_image(path)
+            images[i] = predictor.channels(predictor.read(path), path)
         except (segdata.DataError, OSError, ValueError) as exc:
             reasons[i] = str(exc).replace(f"{path}: ", "") or type(exc).__name__
     readable = sorted(images)

@@ -82,6 +82,7 @@ class Predictor:
         self.num_classes = manifest.num_classes
         self.class_names = manifest.class_names
         self.in_channels = manifest.in_channels
+        self.image_range = manifest.dataset.image_range  # deeper-than-8-bit inputs map from it as in training
         self.input_size = manifest.input_size
         norm = manifest.normalization
         self.mean, self.std = list(norm.mean), list(norm.std)
@@ -113,9 +114,13 @@ class Predictor:
         """fp32 logits of a batch on this predictor's device, in its precision (`segengine.precision`)."""
         return self.precision.forward(self.model, x.to(self.device, non_blocking=True))
 
-    def channels(self, image: np.ndarray) -> np.ndarray:
+    def read(self, path: str) -> np.ndarray:
+        """An input image as the model's training read its images: H x W x C uint8."""
+        return segdata.read_image(path, self.image_range)
+
+    def channels(self, image: np.ndarray, source: str = "image") -> np.ndarray:
         """H x W x C uint8 with the channels the model was trained on (grey <-> RGB as training did)."""
-        return to_channels(image, self.in_channels)
+        return to_channels(image, self.in_channels, source)
 
     @torch.no_grad()
     def letterbox_logits(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:

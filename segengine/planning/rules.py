@@ -189,8 +189,8 @@ def upright(fp: Fingerprint) -> ClassFingerprint | None:
 
 def plan_augmentation(fp: Fingerprint, crop: tuple[int, int], draft: Draft) -> None:
     """Geometry by orientation (free: flips, rotations and the U-Net paper's elastic deformation; upright: zoom and
-    left-right flips), intensity by channels (grey: gamma, contrast, brightness, noise, blur relative to the
-    intensity window; colour: HSV jitter and blur)."""
+    left-right flips), intensity by channels (grey or multi-channel: gamma, contrast, brightness, noise, blur
+    relative to the intensity window; RGB: HSV jitter and blur)."""
     up = upright(fp)
     if up is None:
         geometry = {"flip": 0.5, "vflip": 0.5, "rot90": True, "elastic": 0.5, "elastic_grid": 3,
@@ -200,11 +200,12 @@ def plan_augmentation(fp: Fingerprint, crop: tuple[int, int], draft: Draft) -> N
         geometry = {"flip": 0.5, "vflip": 0.0, "rot90": False, "elastic": 0.0, "zoom": [0.75, 1.25]}
         why = (f"upright scenes ('{up.name}' sits at {up.vertical_position:.2f} of the height): left-right flips "
                "and zoom only")
-    if fp.channels == 1:
-        noise = round(0.2 * fp.intensity[0].clipped_std, 2)
+    if fp.channels != 3:
+        noise = round(0.2 * sum(c.clipped_std for c in fp.intensity) / len(fp.intensity), 2)
         colour = {"brightness": 0.1, "contrast": 0.2, "gamma": [0.7, 1.5], "noise": 0.2, "noise_std": noise,
                   "blur": 0.2}
-        why += f"; grey: gamma, contrast, brightness, blur and noise (std {noise:g}, a fifth of the intensity std)"
+        kind = "grey" if fp.channels == 1 else f"{fp.channels} channels (not RGB)"
+        why += f"; {kind}: gamma, contrast, brightness, blur and noise (std {noise:g}, a fifth of the intensity std)"
     else:
         colour = {"hue": 0.05, "sat": 1.3, "val": 1.3, "blur": 0.1}
         why += "; colour: hue, saturation and value jitter, blur"
