@@ -153,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sliding_flag(p)
     p.add_argument("--overlap", type=float, default=None, help="window overlap (default: the recipe's, or 0.25)")
     p.add_argument("--counts", action="store_true", help="also write per-class pixel counts (CSV)")
+    p.add_argument("--probs", action="store_true",
+                   help="also write each image's class probabilities: NAME_probs.npy, float16 C x H x W")
     p.add_argument("--workers", type=int, default=1, help=">1: a pool of N Ray Data predictor actors")
     p.add_argument("--address", default=None, help="Ray cluster for --workers (default: $RAY_ADDRESS, else local)")
     _add_device_flags(p)

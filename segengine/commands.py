@@ -179,7 +179,8 @@ def predict(args: argparse.Namespace) -> int:
     from segengine.inference import predict as run_predict
 
     result = run_predict(args.checkpoint, args.inputs, args.out, sliding=args.sliding, overlap=args.overlap,
-                         mirror=TTA[args.tta], counts=args.counts, plugin_refs=args.plugin, workers=args.workers,
+                         mirror=TTA[args.tta], counts=args.counts, probs=args.probs, plugin_refs=args.plugin,
+                         workers=args.workers,
                          address=args.address, **_inference_options(args))
     return 1 if result.skipped else 0
 

@@ -110,13 +110,13 @@ def test_predict_odd_sizes_tiles_and_bad_inputs(ckpt, synth_root, tmp_path, caps
 
 
 def test_predict_on_ray_data_actors_matches_this_process(ckpt, synth_root, ray_local, tmp_path, capsys):
-    """--workers 2: a pool of two Ray Data actors writes the same masks as one process; a corrupt input is
-    listed as skipped (not fatal) and summary.json names the node that did the work."""
+    """--workers 2: a pool of two Ray Data actors writes the same masks (and --probs probabilities) as one process;
+    a corrupt input is listed as skipped (not fatal) and summary.json names the node that did the work."""
     inputs = _prediction_inputs(_val_pairs(synth_root), tmp_path / "in")
     (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    assert main(["predict", ckpt, str(inputs), "--out", str(tmp_path / "here"), "--counts"]) == 1
-    assert main(["predict", ckpt, str(inputs), "--out", str(tmp_path / "ray"), "--counts", "--workers", "2",
-                 "--batch-size", "2"]) == 1
+    assert main(["predict", ckpt, str(inputs), "--out", str(tmp_path / "here"), "--counts", "--probs"]) == 1
+    assert main(["predict", ckpt, str(inputs), "--out", str(tmp_path / "ray"), "--counts", "--probs", "--workers",
+                 "2", "--batch-size", "2"]) == 1
     err = capsys.readouterr().err
     assert "2 Ray Data actors" in err and "skipped" in err and "broken.png" in err
     for stem in ("odd0", "odd1", "large"):
@@ -124,6 +124,14 @@ def test_predict_on_ray_data_actors_matches_this_process(ckpt, synth_root, ray_l
             np.testing.assert_array_equal(np.array(Image.open(tmp_path / "ray" / f"{stem}_{kind}.png")),
                                           np.array(Image.open(tmp_path / "here" / f"{stem}_{kind}.png")))
     assert (tmp_path / "ray" / "counts.csv").read_text() == (tmp_path / "here" / "counts.csv").read_text()
+    for stem, size in (("odd0", (53, 77)), ("large", (100, 120))):  # --probs: float16 C x H x W, sums to 1
+        probs = np.load(tmp_path / "ray" / f"{stem}_probs.npy")
+        np.testing.assert_array_equal(probs, np.load(tmp_path / "here" / f"{stem}_probs.npy"))
+        assert probs.dtype == np.float16 and probs.shape == (2, *size)
+        assert np.abs(probs.astype(np.float32).sum(axis=0) - 1).max() < 2e-3
+        mask = np.array(Image.open(tmp_path / "here" / f"{stem}_mask.png"))
+        clear = np.abs(probs[1].astype(np.float32) - probs[0]) > 1e-2  # float16 may tie where the classes do
+        np.testing.assert_array_equal(probs.argmax(axis=0)[clear], mask[clear])
     summary = json.loads((tmp_path / "ray" / "summary.json").read_text())
     assert summary["images"] == 4 and summary["written"] == 3 and summary["workers"] == 2
     assert [Path(s["input"]).name for s in summary["skipped"]] == ["broken.png"]
