@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", help="val, test, train or a split FILE")
     p.add_argument("--workers", type=int, default=1, help=">1: a pool of N Ray Data predictor actors")
     p.add_argument("--out", default=None, help="folder for JSON/CSV/PNG (default: next to the checkpoint)")
+    p.add_argument("--probs", action="store_true",
+                   help="also keep each image's class probabilities: OUT/probs/NAME.npy, float16 C x H x W")
     p.add_argument("--address", default=None)
     _add_sliding_flag(p)
     _add_device_flags(p)

@@ -170,7 +170,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
     run_evaluate(args.checkpoint, args.data, split=args.split, workers=args.workers, out=args.out,
                  address=args.address, plugin_refs=args.plugin, sliding=args.sliding, mirror=TTA[args.tta],
-                 **_inference_options(args))
+                 probs=args.probs, **_inference_options(args))
     return 0
 
 

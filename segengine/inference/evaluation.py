@@ -20,7 +20,7 @@ import segdata
 from segengine import storage
 from segengine.config import TrainConfig
 from segengine.inference.batch_jobs import map_items
-from segengine.inference.predictor import BATCH, InferenceError, Predictor, open_predictor
+from segengine.inference.predictor import BATCH, InferenceError, Predictor, npy_bytes, open_predictor, probabilities
 from segengine.manifest import Manifest
 from segengine.metrics import MetricAccumulator
 
@@ -61,14 +61,16 @@ def _read_pair(predictor: Predictor, image_path: str, label_path: str, meta) -> 
 
 
 def evaluate_batch(predictor: Predictor, batch: dict[str, np.ndarray], *, meta: dict[str, Any],
-                   sliding: bool | None) -> dict[str, np.ndarray]:
+                   sliding: bool | None, probs_dir: str | None = None) -> dict[str, np.ndarray]:
     """Per (image, label) pair of the batch, in this process or in a Ray Data actor: its confusion matrix and
-    f_score counts at original resolution, flattened."""
+    f_score counts at original resolution, flattened; with `probs_dir`, its probabilities kept as NAME.npy."""
     meta_obj = segdata.DatasetMeta.from_dict(meta)
     pairs = [_read_pair(predictor, image, label, meta_obj)
              for image, label in zip(batch["image"], batch["label"], strict=True)]
     scores = predictor.batch_scores([image for image, _ in pairs], sliding=sliding)
     cms, counts = [], []
+    for name, lg in zip(batch["name"], scores, strict=True) if probs_dir else ():
+        storage.write_bytes(storage.join(probs_dir, f"{name}.npy"), npy_bytes(probabilities(lg)))
     for lg, (_, label) in zip(scores, pairs, strict=True):
         acc = MetricAccumulator(predictor.num_classes)
         acc.update(torch.from_numpy(lg[None]), torch.from_numpy(label[None].astype(np.int64)), 0.0)
@@ -79,12 +81,12 @@ def evaluate_batch(predictor: Predictor, batch: dict[str, np.ndarray], *, meta: 
 
 def evaluate_samples(predictor: Predictor, samples: Sequence, meta, progress: bool = False,
                      sliding: bool | None = None, workers: int = 1, address: str | None = None,
-                     plugin_refs: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
+                     plugin_refs: Sequence[str] = (), probs_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(confusion matrix, f_score counts) of the samples at original resolution, summed over the images; in this
     process, or on `workers` Ray Data predictor actors (`on_ray`)."""
     k = predictor.num_classes
-    items = [{"image": str(s.image), "label": str(s.label)} for s in samples]
-    job_kwargs = {"meta": meta.to_dict(), "sliding": sliding}
+    items = [{"image": str(s.image), "label": str(s.label), "name": s.name} for s in samples]
+    job_kwargs = {"meta": meta.to_dict(), "sliding": sliding, "probs_dir": probs_dir}
     rows = map_items(predictor, items, evaluate_batch, job_kwargs, workers=workers, address=address,
                      plugin_refs=plugin_refs, device="cpu", desc="evaluate", progress=progress)
     cm = np.zeros((k, k), np.int64)
@@ -105,9 +107,10 @@ class EvalResult:
 def evaluate(checkpoint_path: str, data: str, *, split: str = "val", workers: int = 1, out: str | None = None,
              address: str | None = None, plugin_refs: Sequence[str] | None = None, verbose: bool = True,
              sliding: bool | None = None, mirror: bool | None = None, amp: bool = True, device: str = "cpu",
-             batch_size: int = BATCH) -> EvalResult:
+             batch_size: int = BATCH, probs: bool = False) -> EvalResult:
     """Metrics of a checkpoint (or an exported .onnx file) on a dataset split at original resolution; writes
-    metrics.json, confusion_matrix.csv and per_class_iou.png into `out` (default `eval-<split>` next to it)."""
+    metrics.json, confusion_matrix.csv and per_class_iou.png into `out` (default `eval-<split>` next to it), and
+    with `probs` each image's class probabilities as probs/NAME.npy (float16 C x H x W, as `predict --probs`)."""
     if workers < 1:
         raise InferenceError(f"--workers {workers}: use 1 (this process) or more (Ray Data actors)")
     predictor = open_predictor(checkpoint_path, plugin_refs, verbose, mirror, amp, device, batch_size)
@@ -124,8 +127,10 @@ def evaluate(checkpoint_path: str, data: str, *, split: str = "val", workers: in
                              f"(e.g. {unlabelled[0]}); evaluate needs labels, use `launch.py predict` for these")
     if not samples:
         raise InferenceError(f"split {split!r} of {folder.root} is empty")
+    out_dir = out or default_eval_dir(checkpoint_path, split)
     cm, counts = evaluate_samples(predictor, samples, meta, progress=verbose, sliding=sliding, workers=workers,
-                                  address=address, plugin_refs=list(plugin_refs or []))
+                                  address=address, plugin_refs=list(plugin_refs or []),
+                                  probs_dir=storage.join(out_dir, "probs") if probs else None)
 
     acc = MetricAccumulator(predictor.num_classes)
     acc.cm += torch.from_numpy(np.asarray(cm, np.int64))
@@ -143,7 +148,6 @@ def evaluate(checkpoint_path: str, data: str, *, split: str = "val", workers: in
         "predicted_pixels": dict(zip(predictor.class_names, np.asarray(cm).sum(axis=0).tolist(), strict=True)),
         "checkpoint_metrics": predictor.manifest.metrics,
     }
-    out_dir = out or default_eval_dir(checkpoint_path, split)
     write_eval_outputs(out_dir, metrics, np.asarray(cm, np.int64), predictor.class_names)
     if verbose:
         print(format_table(metrics))

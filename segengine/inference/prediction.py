@@ -25,7 +25,7 @@ from segdata.pairing import natural_key
 from segengine import storage
 from segengine.config import OVERLAP_RANGE, overlap_ok
 from segengine.inference.batch_jobs import map_items
-from segengine.inference.predictor import BATCH, InferenceError, Predictor, open_predictor
+from segengine.inference.predictor import BATCH, InferenceError, Predictor, npy_bytes, open_predictor, probabilities
 
 OVERLAY_ALPHA = 0.7  # the tutorial's Image.blend(original, colours, 0.7)
 
@@ -80,19 +80,6 @@ def expand_inputs(inputs: Iterable[str]) -> tuple[list[str], list[tuple[str, str
 def _png(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def probabilities(scores: np.ndarray) -> np.ndarray:
-    """C x H x W float16 class probabilities (softmax over the classes) of logits or log-probabilities: the mask is
-    their argmax; float16 keeps a 1024 x 1024 image with 2 classes at 4 MiB."""
-    shifted = np.exp(scores - scores.max(axis=0, keepdims=True))
-    return (shifted / shifted.sum(axis=0, keepdims=True)).astype(np.float16)
-
-
-def _npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
     return buffer.getvalue()
 
 
@@ -153,7 +140,7 @@ def predict_batch(predictor: Predictor, batch: dict[str, np.ndarray], *, out: st
         for kind, array in render(images[i], mask, predictor.palette).items():
             storage.write_bytes(storage.join(out, f"{stems[i]}_{kind}.png"), _png(array))
         if probs:
-            storage.write_bytes(storage.join(out, f"{stems[i]}_probs.npy"), _npy(probabilities(score)))
+            storage.write_bytes(storage.join(out, f"{stems[i]}_probs.npy"), npy_bytes(probabilities(score)))
         pixels = np.bincount(mask.ravel(), minlength=predictor.num_classes)[: predictor.num_classes]
         counts[i] = json.dumps([*mask.shape, *pixels.tolist()])
     return {"path": np.asarray(paths, dtype=object), "reason": np.asarray(reasons, dtype=object),

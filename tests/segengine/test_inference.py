@@ -35,8 +35,10 @@ def _val_pairs(root: Path) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def test_evaluate_writes_outputs_close_to_training(ckpt, trained_run, synth_root, tmp_path):
-    result = inference.evaluate(ckpt, TINY_SYNTH, split="val", out=str(tmp_path), verbose=False)
+    result = inference.evaluate(ckpt, TINY_SYNTH, split="val", out=str(tmp_path), verbose=False, probs=True)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
+    kept = sorted((tmp_path / "probs").glob("*.npy"))  # --probs: the val probabilities, for later analysis
+    assert len(kept) == 8 and np.load(kept[0]).shape == (2, 64, 64) and np.load(kept[0]).dtype == np.float16
     assert metrics["images"] == 8 and metrics["class_names"] == ["background", "membrane"]
     # same weights and split as the run's validation: only the resolution handling differs (64 px set, 64 input)
     assert metrics["miou"] == pytest.approx(trained_run["metrics"]["val_miou"], abs=0.03)
