@@ -5,7 +5,7 @@ cadence) so both train the same steps, one after the other on this machine, scor
 same val split, printed side by side, per seed and as the mean over the seeds (a short run's mIoU moves by about a
 hundredth from seed to seed, so one pair of runs cannot tell a hundredth apart).
 
-    python benchmarks/deep_images.py --data ../shared/data/nuclei [--seeds 0 1] [--epochs 20 --samples-per-epoch 260]
+    python benchmarks/deep_images.py --data ../shared/data/nuclei [--seeds 0 1 2] [--epochs 20 --samples-per-epoch 260]
 
 A run whose evaluation is already in --work is read back, not trained again (delete --work to start over).
 
@@ -82,7 +82,7 @@ def train_and_score(data: Path, name: str, seed: int, a: argparse.Namespace, wor
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "nuclei"))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=20, help="both runs train this many epochs of their plan")
     parser.add_argument("--samples-per-epoch", type=int, default=260)
     parser.add_argument("--warmup-steps", type=int, default=50)
