@@ -109,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a UNet on Ray Train. --workers 0 runs in this process for debugging (checkpoints are "
                     "still written by the worker function; Ray's failure handling does not apply).")
     _add_training_flags(p, "train")
+    p.add_argument("--fold", type=int, default=None, metavar="I",
+                   help="with --folds K: train fold I only (0..K-1), e.g. one per machine; the summary follows "
+                        "when all K have finished")
+    p.add_argument("--probs", action="store_true",
+                   help="with --folds K: keep the out-of-fold and val probabilities (oof/probs/, eval-val/probs/)")
 
     p = sub.add_parser("tune", help="hyperparameter search on Ray Tune (the main job)",
                        description="Search on Ray Tune. The defaults shown are the schema's; the search file's "

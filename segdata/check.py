@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from segdata import files
-from segdata.folder import READ_THREADS, Sample, SegFolder, open_dataset
+from segdata.folder import READ_THREADS, Sample, SegFolder, listed, open_dataset
 from segdata.meta import IGNORE, DataError, DatasetMeta
 
 
@@ -181,10 +181,10 @@ def _judge(report: DataReport, meta: DatasetMeta, samples: dict[str, Sample],
             (ih, iw), (lh, lw) = seen.image_size, seen.label_size
             problem(f"{name}: image {sample.image} is {iw}x{ih} but label {sample.label} is {lw}x{lh}", name)
         if seen.unknown and meta.label_mode == "color":
-            problem(f"{name}: label {sample.label} has colours {_listed(seen.unknown)} that palette: does not "
+            problem(f"{name}: label {sample.label} has colours {listed(seen.unknown)} that palette: does not "
                     "map; add them to palette: in dataset.yaml (to a class, or to ignore)", name)
         elif seen.unknown:
-            problem(f"{name}: label {sample.label} has values {_listed(seen.unknown)} outside the "
+            problem(f"{name}: label {sample.label} has values {listed(seen.unknown)} outside the "
                     f"{meta.num_classes} classes (0..{meta.num_classes - 1}, ignore_index "
                     f"{meta.ignore_index}); fix the label or set classes/ignore_index in dataset.yaml", name)
     for paths in by_digest.values():
@@ -209,10 +209,6 @@ def _judge(report: DataReport, meta: DatasetMeta, samples: dict[str, Sample],
 
 def _channels(n: int) -> str:
     return {1: "grey, 1 channel", 3: "RGB, 3 channels"}.get(n, f"{n} channels")
-
-
-def _listed(values: list[str], most: int = 8) -> str:
-    return ", ".join(values[:most]) + (f" and {len(values) - most} more" if len(values) > most else "")
 
 
 def validated_samples(folder: SegFolder, split: str, skip_bad: bool) -> list[Sample]:

@@ -205,11 +205,18 @@ class SegFolder:
         return max(set(extensions), key=extensions.count) if extensions else ".png"
 
 
+def listed(values: list[str], most: int = 8) -> str:
+    """The first `most` values, and how many more (for one-line messages)."""
+    return ", ".join(values[:most]) + (f" and {len(values) - most} more" if len(values) > most else "")
+
+
 def open_dataset(root: str, *, num_classes: int | None = None, classes: list[str] | None = None,
                  label_mode: str | None = None, threshold: int | None = None,
                  target_below: bool | None = None, ignore_index: int | None = None, val_fraction: float = 0.2,
-                 split_seed: int = 0) -> SegFolder:
-    """Open a dataset folder or URI. Flags override dataset.yaml; what neither says is inferred, with a warning."""
+                 split_seed: int = 0, image_range: list[tuple[float, float]] | None = None) -> SegFolder:
+    """Open a dataset folder or URI. Flags override dataset.yaml; what neither says is inferred, with a warning.
+    `image_range`: the intensity range deeper-than-8-bit images map from when known (a checkpoint's), else
+    measured on the training images."""
     root = files.normalize_root(root)
     if files.path_kind(root) != "dir":
         raise DataError(f"dataset folder not found: {root}")
@@ -223,11 +230,13 @@ def open_dataset(root: str, *, num_classes: int | None = None, classes: list[str
     if listing.pairing:
         meta.inferred.append(listing.pairing)
     if listing.unpaired_labels:
-        shown = ", ".join(listing.unpaired_labels[:8]) + (" ..." if len(listing.unpaired_labels) > 8 else "")
-        meta.inferred.append(f"{len(listing.unpaired_labels)} label file(s) match no image and are not used: {shown}")
+        meta.inferred.append(f"{len(listing.unpaired_labels)} label file(s) match no image and are not used: "
+                             f"{listed(listing.unpaired_labels)}")
     folder = SegFolder(listing, meta, val_fraction=val_fraction, split_seed=split_seed)
-    if meta.image_bits != 8:
-        meta.image_range = image_range(folder.samples("train"), meta.in_channels)
+    if meta.image_bits != 8 and image_range is not None:
+        meta.image_range = [tuple(r) for r in image_range]
+    elif meta.image_bits != 8:
+        meta.image_range = measured_range(folder.samples("train"), meta.in_channels)
         shown = ", ".join(f"{lo:g}..{hi:g}" for lo, hi in meta.image_range)
         meta.inferred.append(f"{meta.image_bits}-bit images: values {shown} (p{RANGE_PERCENTILES[0]:g}-"
                              f"p{RANGE_PERCENTILES[1]:g} of the training images, per channel) map onto 0..255")
@@ -448,7 +457,7 @@ RANGE_IMAGES = 16  # training images whose values set a deeper-than-8-bit set's 
 RANGE_PERCENTILES = (0.01, 99.99)  # wide: the planner clips further (p0.5-p99.5) on the 8-bit values
 
 
-def image_range(samples: list[Sample], channels: int) -> list[tuple[float, float]]:
+def measured_range(samples: list[Sample], channels: int) -> list[tuple[float, float]]:
     """Per channel, the intensity range of (evenly spaced) training images that is mapped onto 0..255: from the
     data's own percentiles, never an assumed 0..65535 (a 16-bit image spanning 33000-36800 maps as its 8-bit
     rescaling would)."""

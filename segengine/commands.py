@@ -93,6 +93,14 @@ def train(args: argparse.Namespace) -> int:
                                     where="command line")
     else:
         cfg = train_config(args)
+    if cfg.folds is not None or args.fold is not None:
+        from segengine.crossval import train_folds
+
+        train_folds(cfg, fold=args.fold, resume=args.resume, overwrite=args.overwrite, plan=plan, probs=args.probs)
+        return 0
+    if args.probs:
+        raise ConfigError("--probs keeps the probabilities of a --folds run; for one model use "
+                          "`launch.py evaluate RUN --data DIR --probs` or `predict --probs`")
     run_train(cfg, resume=args.resume, overwrite=args.overwrite, plan=plan)
     return 0
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
 import segdata
@@ -39,6 +40,38 @@ class InferenceMode(_Frozen):
         return self.mode == "sliding"
 
 
+class Decision(_Frozen):
+    """How class probabilities become a mask: the argmax, or for two classes class 1 where its probability exceeds
+    `threshold` (chosen on out-of-fold predictions by `train --folds`, never on the val split)."""
+
+    threshold: float | None = Field(default=None, gt=0, lt=1)
+    chosen_on: str = ""  # what the threshold was chosen on, and its score there against the argmax's
+
+    def adjust(self, scores: np.ndarray) -> np.ndarray:
+        """Scores (logits or log-probabilities, C x ...) whose argmax is this decision: unchanged for the argmax;
+        log-probabilities less log(1 - t), log(t) for a threshold t (p1 > t exactly where p1 / t > p0 / (1 - t))."""
+        if self.threshold is None:
+            return scores
+        shifted = scores - scores.max(axis=0, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(axis=0, keepdims=True))
+        bias = np.log(np.asarray([1 - self.threshold, self.threshold], np.float32))
+        return log_probs - bias.reshape(2, *([1] * (scores.ndim - 1)))
+
+    def mask(self, scores: np.ndarray) -> np.ndarray:
+        """H x W uint8 class ids of C x H x W scores."""
+        return self.adjust(scores).argmax(axis=0).astype(np.uint8)
+
+
+class FoldInfo(_Frozen):
+    """A cross-validation fold's model (`train --folds K`): which fold it held out, and every fold's images, so
+    that its out-of-fold predictions can be told from leaks."""
+
+    index: int
+    folds: list[list[str]]  # held-out image names of each fold of the training split
+    split: str = "train"
+    seed: int = 0
+
+
 class Manifest(_Frozen):
     """What a checkpoint (or an exported model) says about itself."""
 
@@ -56,6 +89,9 @@ class Manifest(_Frozen):
     metrics: dict[str, Any] = Field(default_factory=dict)
     versions: dict[str, str | None] = Field(default_factory=dict)
     state_sha256: str | None = None  # of state.pt, written last so that a complete folder can be told
+    decision: Decision = Decision()
+    fold: FoldInfo | None = None  # a fold model of `train --folds`
+    members: list[str] = Field(default_factory=list)  # an ensemble's: its member checkpoints
 
     @field_validator("dataset", mode="before")
     @classmethod
@@ -124,7 +160,7 @@ class Manifest(_Frozen):
         m["num_classes"], in_channels=m["in_channels"], **m["model_kwargs"])`); `from_dict` reads it back."""
         kept = self.model_dump(mode="json", include={"manifest_version", "encoder", "model_kwargs", "plugins",
                                                      "encoder_source", "input_size", "normalization", "inference",
-                                                     "epoch", "metrics"})
+                                                     "epoch", "metrics", "decision", "members"})
         return {**kept, "num_classes": self.num_classes, "class_names": self.class_names,
                 "in_channels": self.in_channels, "colors": [list(c) for c in self.colors],
                 "label_mode": self.label_mode, "image_range": self.dataset.image_range}

@@ -120,6 +120,25 @@ class TuneReporter(Reporter):
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)))
 
 
+class FoldReporter(Reporter):
+    """A cross-validation fold trained in-process inside a Tune trial (`train --folds`): like `LocalReporter` the
+    worker keeps its checkpoints in the fold's own folder, so `--resume` and `--fold I` find them whichever Tune
+    experiment runs the fold again; Tune gets the epoch metrics (progress lines, results)."""
+
+    def __init__(self, run_dir: str, keep: int, metric: str, mode: str):
+        import ray
+
+        super().__init__(run_dir, keep, metric, mode)
+        self.node_ip = ray.util.get_node_ip_address()  # workers.json says which node trained the fold
+        self.node_id = ray.get_runtime_context().get_node_id()
+
+    def report(self, metrics, state, manifest, epoch, persisted):
+        from ray import tune
+
+        persisted(self._store(state, manifest, epoch))
+        tune.report(metrics)
+
+
 class RayTrainReporter(Reporter):
     """A Ray Train worker; Ray owns checkpoint persistence, retention and restoration. Uploads are synchronous:
     with `CheckpointUploadMode.ASYNC` reports of epochs shorter than the controller's poll interval pile up
@@ -195,6 +214,6 @@ def _quiet_train_reports() -> None:
 
 
 def make_reporter(kind: str, run_dir: str, keep: int, metric: str, mode: str) -> Reporter:
-    classes = {"local": LocalReporter, "tune": TuneReporter, "train": RayTrainReporter}
+    classes = {"local": LocalReporter, "tune": TuneReporter, "train": RayTrainReporter, "fold": FoldReporter}
     return classes[kind](run_dir, keep, metric, mode)
 

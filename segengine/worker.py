@@ -162,8 +162,9 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def manifest_for(cfg: TrainConfig, meta: segdata.DatasetMeta, model: zoo.SegmentationModel, norm: zoo.Normalization,
-                 epoch: int, metrics: dict[str, Any]) -> Manifest:
-    """What inference needs to rebuild the model from the checkpoint alone, plus the resolved config."""
+                 epoch: int, metrics: dict[str, Any], fold: dict[str, Any] | None = None) -> Manifest:
+    """What inference needs to rebuild the model from the checkpoint alone, plus the resolved config (and for a
+    cross-validation fold, the fold lists)."""
     import importlib.metadata as md
 
     def version(dist_name: str) -> str | None:
@@ -178,7 +179,7 @@ def manifest_for(cfg: TrainConfig, meta: segdata.DatasetMeta, model: zoo.Segment
         encoder=cfg.encoder, model_kwargs=dict(model.model_kwargs), plugins=list(cfg.plugins),
         encoder_source=plugins.provenance(model.spec.source), dataset=meta.to_dict(),
         input_size=cfg.input_size, inference=inference, config=redact(cfg.to_dict()), epoch=epoch, metrics=metrics,
-        normalization=norm,
+        normalization=norm, fold=fold,
         versions={d: version(d) for d in ("unet-zoo", "torch", "ray", "timm", "segmentation-models-pytorch")})
 
 
@@ -236,6 +237,7 @@ class Trainer:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         self.meta = segdata.DatasetMeta.from_dict(data["meta"])
+        self.fold = data.get("fold")  # a cross-validation fold's lists, for its manifests
         root = segdata.resolve_data(cfg.data)  # this node's copy (the synthetic set is made here if missing)
         train_samples = segdata.local_samples(data["train"], root)
         model = self._build_model()
@@ -453,7 +455,7 @@ class Trainer:
         state = manifest = None
         if self.rank == 0 and validate:  # a checkpoint is ranked by its own scores, never by carried ones
             state = self._state(epoch)
-            manifest = manifest_for(cfg, self.meta, self.model, self.norm, epoch, metrics)
+            manifest = manifest_for(cfg, self.meta, self.model, self.norm, epoch, metrics, self.fold)
         report_start = time.perf_counter()
         self.reporter.report(metrics, state, manifest, epoch + 1,
                              functools.partial(self._epoch_stored, metrics, epoch, scores))

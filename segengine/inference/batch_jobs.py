@@ -20,27 +20,33 @@ from typing import Any
 import numpy as np
 
 from segengine import checkpoint as ckpt
+from segengine.inference.ensemble import EnsemblePredictor
 from segengine.inference.predictor import InferenceError, Predictor, progress_bar
-from segengine.manifest import Manifest
+from segengine.manifest import Decision, Manifest
 
 Batch = dict[str, np.ndarray]
 Job = Callable[..., Batch]  # job(predictor, batch, **job_kwargs) -> rows, defined where it is used
 
 
 class PredictorActor:
-    """One Ray Data actor: a predictor rebuilt from the weights, then `job` on every batch it is given."""
+    """One Ray Data actor: a predictor (or an ensemble) rebuilt from the weights, then `job` on every batch it is
+    given."""
 
-    def __init__(self, state: Any, manifest: dict[str, Any], plugin_refs: list[str], options: dict[str, Any],
-                 job: Job, job_kwargs: dict[str, Any]) -> None:
+    def __init__(self, shipped: dict[str, Any], plugin_refs: list[str], options: dict[str, Any], job: Job,
+                 job_kwargs: dict[str, Any]) -> None:
         import ray
 
         import plugins
 
         plugins.autoload()
         plugins.load_on_worker(plugin_refs)
-        manifest = Manifest.from_dict(manifest)  # it travels as plain JSON values
-        model = ckpt.model_from_manifest(manifest, ray.get(state) if isinstance(state, ray.ObjectRef) else state)
-        self.predictor = Predictor(model, manifest, **options)
+        members = []
+        for state, manifest in shipped["members"]:
+            manifest = Manifest.from_dict(manifest)  # it travels as plain JSON values
+            model = ckpt.model_from_manifest(manifest, ray.get(state) if isinstance(state, ray.ObjectRef) else state)
+            members.append(Predictor(model, manifest, **options))
+        self.predictor = (EnsemblePredictor(members, Decision(**shipped["decision"]), folds=shipped["folds"])
+                          if shipped["ensemble"] else members[0])
         self.job, self.job_kwargs = job, job_kwargs
         self.node = ray.util.get_node_ip_address()
 
@@ -144,7 +150,7 @@ def map_on_actors(predictor: Predictor, items: Sequence[dict[str, Any]], job: Jo
     """Rows that `job` returns for `items`, computed by `workers` predictor actors on the cluster at `address`
     (or a Ray started here); yields them as they finish, with a progress bar. The first row carries the
     session's start-up time under `ray_start_s` (Ray started or joined, actors not yet)."""
-    if predictor.model is None:
+    if any(member.model is None for member in predictor.members):
         raise InferenceError(f"--workers {workers} ships the checkpoint's weights to Ray actors; use --workers 1 "
                              "for an exported .onnx file, or its checkpoint")
     import ray
@@ -157,13 +163,16 @@ def map_on_actors(predictor: Predictor, items: Sequence[dict[str, Any]], job: Jo
     started = time.perf_counter()
     with _ray_data_settings(), ray_session(address, refs):
         remote_args, actor_device = actor_resources(device, workers)
-        state = ray.put({k: v.detach().cpu() for k, v in predictor.model.state_dict().items()})
+        shipped = {"members": [(ray.put({k: v.detach().cpu() for k, v in m.model.state_dict().items()}),
+                                m.manifest.to_dict()) for m in predictor.members],
+                   "ensemble": isinstance(predictor, EnsemblePredictor),
+                   "decision": predictor.decision.model_dump(), "folds": getattr(predictor, "folds", None)}
         options = {"amp": predictor.amp, "device": actor_device, "batch_size": predictor.batch_size}
         per_call = max(1, min(predictor.batch_size, len(items) // (workers * 4)))  # >= 4 calls per actor
         dataset = ray.data.from_items(list(items), override_num_blocks=-(-len(items) // per_call)).map_batches(
             PredictorActor, batch_size=per_call, batch_format="numpy",
             compute=ActorPoolStrategy(size=workers),
-            fn_constructor_args=(state, predictor.manifest.to_dict(), refs, options, job, job_kwargs), **remote_args)
+            fn_constructor_args=(shipped, refs, options, job, job_kwargs), **remote_args)
         ray_start_s = time.perf_counter() - started
         bar = progress_bar(len(items), f"{desc} ({workers} Ray Data actors, {actor_device})", enabled=progress)
         try:

@@ -21,7 +21,8 @@ import torch
 
 from segengine import checkpoint as ckpt
 from segengine import storage
-from segengine.inference.predictor import ONNX_METADATA_KEY, InferenceError, Predictor
+from segengine.inference.ensemble import EnsemblePredictor, open_predictor
+from segengine.inference.predictor import ONNX_METADATA_KEY, InferenceError, Predictor, is_onnx
 from segengine.manifest import Manifest
 from zoo._errors import one_line
 
@@ -37,11 +38,13 @@ def example_shapes(input_size: Sequence[int], multiple: int) -> list[tuple[int, 
 
 
 def _export_metadata(manifest: Manifest, multiple: int) -> dict[str, Any]:
+    output = ("N x num_classes x H x W log of the members' mean class probabilities" if manifest.members
+              else "N x num_classes x H x W logits")
     return {**manifest.export_view(), "input_multiple": multiple,
             "input": "N x in_channels x H x W float32, (pixel - mean) / std"
                      + (" after clipping pixels to [low, high]" if manifest.normalization.clip else "")
                      + ", H and W multiples of input_multiple",
-            "output": "N x num_classes x H x W logits"}
+            "output": output}
 
 
 def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: str, multiple: int,
@@ -193,8 +196,17 @@ def export(checkpoint_path: str, fmt: str, out: str, *, plugin_refs: Sequence[st
     sizes; a file that fails the check is deleted."""
     if fmt not in FORMATS:
         raise InferenceError(f"--format {fmt}: use {', '.join(FORMATS)}")
-    predictor = Predictor.from_checkpoint(checkpoint_path, plugin_refs, device="cpu")
-    model, multiple = predictor.model, predictor.multiple
+    if is_onnx(checkpoint_path):
+        raise InferenceError(f"{checkpoint_path} is exported already; export from its checkpoint")
+    predictor = open_predictor(checkpoint_path, plugin_refs, verbose=False, device="cpu")
+    if isinstance(predictor, EnsemblePredictor):
+        if fmt == "safetensors":
+            raise InferenceError("safetensors holds one model's weights; export an ensemble as onnx (one graph) or "
+                                 "torchscript, or its members one by one")
+        model = predictor.export_module()
+    else:
+        model = predictor.model
+    multiple = predictor.multiple
     generator = torch.Generator().manual_seed(seed)
     inputs = [torch.randn(n, predictor.in_channels, h, w, generator=generator)
               for n, h, w in example_shapes(predictor.input_size, multiple)]
@@ -218,7 +230,9 @@ def export(checkpoint_path: str, fmt: str, out: str, *, plugin_refs: Sequence[st
         if holder is not None:
             holder.cleanup()
     if verbose:
+        members = len(predictor.members)
+        what = f"log mean probabilities of {members} members" if members > 1 else "logits"
         print(f"wrote {out} ({fmt}, {method}); input N x {predictor.in_channels} x H x W float32 normalised with "
               f"mean {predictor.mean} std {predictor.std}, H and W multiples of {multiple}; output N x "
-              f"{predictor.num_classes} x H x W logits ({', '.join(predictor.class_names)})")
+              f"{predictor.num_classes} x H x W {what} ({', '.join(predictor.class_names)})")
     return ExportResult(out, fmt, method, checks)

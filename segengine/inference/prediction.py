@@ -25,7 +25,8 @@ from segdata.pairing import natural_key
 from segengine import storage
 from segengine.config import OVERLAP_RANGE, overlap_ok
 from segengine.inference.batch_jobs import map_items
-from segengine.inference.predictor import BATCH, InferenceError, Predictor, npy_bytes, open_predictor, probabilities
+from segengine.inference.ensemble import open_predictor
+from segengine.inference.predictor import BATCH, InferenceError, Predictor, npy_bytes, probabilities
 
 OVERLAY_ALPHA = 0.7  # the tutorial's Image.blend(original, colours, 0.7)
 
@@ -129,14 +130,14 @@ def predict_batch(predictor: Predictor, batch: dict[str, np.ndarray], *, out: st
     images = {}
     for i, path in enumerate(paths):
         try:
-            images[i] = predictor.channels(predictor.read(path), path)
+            images[i] = predictor.read(path)
         except (segdata.DataError, OSError, ValueError) as exc:
             reasons[i] = str(exc).replace(f"{path}: ", "") or type(exc).__name__
     readable = sorted(images)
     scores = predictor.batch_scores([images[i] for i in readable], sliding=sliding, overlap=overlap)
     counts = [""] * len(paths)
     for i, score in zip(readable, scores, strict=True):
-        mask = score.argmax(axis=0).astype(np.uint8)
+        mask = predictor.decision.mask(score)
         for kind, array in render(images[i], mask, predictor.palette).items():
             storage.write_bytes(storage.join(out, f"{stems[i]}_{kind}.png"), _png(array))
         if probs:

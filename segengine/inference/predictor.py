@@ -79,6 +79,7 @@ class Predictor:
             mode = mode.model_copy(update={"mirror": mirror})
         self.manifest = manifest.model_copy(update={"inference": mode})
         self.inference = mode
+        self.decision = manifest.decision
         self.path: str | None = None  # the checkpoint folder or exported file, when built from one
         self.num_classes = manifest.num_classes
         self.class_names = manifest.class_names
@@ -116,8 +117,9 @@ class Predictor:
         return self.precision.forward(self.model, x.to(self.device, non_blocking=True))
 
     def read(self, path: str) -> np.ndarray:
-        """An input image as the model's training read its images: H x W x C uint8."""
-        return segdata.read_image(path, self.image_range)
+        """An input image as the model's training read its images: H x W x C uint8 with the model's channels (an
+        image that cannot become them is refused naming the file)."""
+        return self.channels(segdata.read_image(path, self.image_range), path)
 
     def channels(self, image: np.ndarray, source: str = "image") -> np.ndarray:
         """H x W x C uint8 with the channels the model was trained on (grey <-> RGB as training did)."""
@@ -175,8 +177,13 @@ class Predictor:
 
     def predict_mask(self, image: np.ndarray, *, sliding: bool | None = None, overlap: float | None = None
                      ) -> np.ndarray:
-        """H x W uint8 class ids at the image's original size."""
-        return self.scores(image, sliding=sliding, overlap=overlap).argmax(axis=0).astype(np.uint8)
+        """H x W uint8 class ids at the image's original size, by the manifest's decision rule."""
+        return self.decision.mask(self.scores(image, sliding=sliding, overlap=overlap))
+
+    @property
+    def members(self) -> list[Predictor]:
+        """The models whose probabilities this predictor averages: itself (an ensemble: its members)."""
+        return [self]
 
 
 class OnnxPredictor(Predictor):
@@ -222,17 +229,6 @@ def is_onnx(path: str) -> bool:
     return path.split("?")[0].lower().endswith(".onnx")
 
 
-def open_predictor(path: str, plugin_refs: Sequence[str] | None = None, verbose: bool = True,
-                   mirror: bool | None = None, amp: bool = True, device: str = "cpu",
-                   batch_size: int = BATCH) -> Predictor:
-    """A checkpoint (folder, state.pt, run or search folder) or an exported .onnx file, as evaluate/predict take."""
-    if is_onnx(path):
-        cpu_only = resolve_device(device).type == "cpu"
-        return OnnxPredictor(path, mirror, batch_size, providers=("CPUExecutionProvider",) if cpu_only else None)
-    return Predictor.from_checkpoint(path, plugin_refs, verbose, mirror, amp=amp, device=device,
-                                     batch_size=batch_size)
-
-
 def progress_bar(total: int, desc: str, enabled: bool = True):
     from tqdm import tqdm
 
@@ -240,11 +236,16 @@ def progress_bar(total: int, desc: str, enabled: bool = True):
                 dynamic_ncols=True, leave=False)
 
 
-def probabilities(scores: np.ndarray) -> np.ndarray:
-    """C x H x W float16 class probabilities (softmax over the classes) of logits or log-probabilities: the mask is
-    their argmax; float16 keeps a 1024 x 1024 image with 2 classes at 4 MiB."""
+def softmax(scores: np.ndarray) -> np.ndarray:
+    """C x H x W float32 class probabilities of logits or log-probabilities."""
     shifted = np.exp(scores - scores.max(axis=0, keepdims=True))
-    return (shifted / shifted.sum(axis=0, keepdims=True)).astype(np.float16)
+    return shifted / shifted.sum(axis=0, keepdims=True)
+
+
+def probabilities(scores: np.ndarray) -> np.ndarray:
+    """C x H x W float16 class probabilities (softmax over the classes) of logits or log-probabilities: what the
+    mask is decided from; float16 keeps a 1024 x 1024 image with 2 classes at 4 MiB."""
+    return softmax(scores).astype(np.float16)
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

@@ -81,6 +81,10 @@ def tune_run(settings: SearchConfig, *, name: str | None, storage_root: str, add
              resume: bool, overwrite: bool, plan: Plan | None = None) -> dict[str, Any]:
     """Run (or resume) a search (`plan`: the plan it came from, saved in the search folder); returns the results
     rows, the best row and paths."""
+    if settings.train.folds is not None:
+        raise RunError(f"train.folds {settings.train.folds}: a search scores each sample on one split; cross-validate "
+                       f"its best recipe with `launch.py train --config SEARCH/best.yaml --folds "
+                       f"{settings.train.folds}`")
     base = _base_config(settings, name, storage_root, address)
     exponent_searched = settings.class_weights.inverse_frequency_exponent is not None
     prep = prepare(base, resume=resume, overwrite=overwrite,

@@ -307,3 +307,51 @@ def _clean_runs(ray_cluster: NetnsCluster):
     """Each test starts with no run folders, so a rerun never meets `run already exists`."""
     shutil.rmtree(ray_cluster.shared / "runs", ignore_errors=True)
     shutil.rmtree(ray_cluster.shared / "plugin-marks", ignore_errors=True)
+
+
+def _fold_places(run_dir: Path) -> dict[int, str]:
+    """Fold -> the node address its in-process trial runs on (workers.json, written when the fold starts)."""
+    places = {}
+    for path in run_dir.glob("fold-*/workers.json"):
+        places[int(path.parent.name.split("-")[1])] = json.loads(path.read_text())["worker_ips"][0]
+    return places
+
+
+def test_folds_train_side_by_side_on_both_nodes_and_a_killed_fold_finishes(cluster: NetnsCluster):
+    """`train --folds 4` with in-process folds of 1 CPU: two Tune trials at once, one per node. The worker node
+    dies while its fold trains and comes back: Tune retries that fold, which resumes from its latest checkpoint in
+    the shared folder (epochs done before the loss kept), and the run ends with its cross-validation summary."""
+    epochs = 6
+    run_dir = cluster.shared / "runs" / "folds"
+    log = cluster.root / "folds-driver.log"
+    argv = ["python", "launch.py", "train", "--encoder", "mini", "--workers", "0", "--folds", "4", "--epochs",
+            str(epochs), "--input-size", "64", "64", "--batch-size", "4", "--data", "synth:n_train=24,n_val=4,size=64",
+            "--storage", f"file://{cluster.shared}/runs", "--name", "folds"]
+    with driving(cluster, argv, log) as driver:
+        deadline = time.monotonic() + 300
+        while True:  # a fold on the worker node with two epochs done, while another trains on the head
+            places = _fold_places(run_dir)
+            on_worker = [i for i, ip in places.items() if ip == cluster.worker.ip
+                         and (run_dir / f"fold-{i}" / "history.csv").exists()
+                         and len(history_rows((run_dir / f"fold-{i}" / "history.csv").read_text())) >= 2
+                         and not (run_dir / f"fold-{i}" / "finished.json").exists()]
+            if on_worker and cluster.head.ip in places.values():
+                break
+            assert driver.poll() is None, f"run ended before a fold trained on the worker node:\n{file_tail(log)}"
+            assert time.monotonic() < deadline, f"no fold on both nodes in 300 s ({places}):\n{file_tail(log)}"
+            time.sleep(0.2)
+        killed = on_worker[0]
+        history = run_dir / f"fold-{killed}" / "history.csv"
+        cluster.kill_worker()
+        before = history_rows(history.read_text())
+        assert len(before) < epochs, "the fold finished before the node was killed; make epochs longer"
+        cluster.probe("nodes", "--expect", cluster.head.ip, "--timeout", "120", timeout=200)
+        cluster.restart_worker()
+        driver.wait(timeout=600)
+    assert driver.returncode == 0, file_tail(log, 80)
+    after = history_rows(history.read_text())
+    assert epochs_of(after) == list(range(1, epochs + 1)), "every epoch of the killed fold exactly once"
+    kept = len(before) - 1  # the newest epoch's checkpoint may not have been written when the node died
+    assert after[:kept] == before[:kept], "the killed fold's finished epochs are kept, not trained again"
+    summary = json.loads((run_dir / "cv.json").read_text())
+    assert summary["k"] == 4 and summary["oof"]["images"] == 24 and summary["val"]["images"] == 4
