@@ -198,9 +198,10 @@ class TrainConfig:
                             "of train)")
     val_split: str = flag("val", "split to validate on: a name or a file listing names")
     folds: Annotated[int, Field(ge=2)] | None = flag(None, "cross-validation: K models, each trained with one K-th "
-                                                     "of the training split held out, as concurrent Ray Tune trials; "
-                                                     "then their out-of-fold score and the K models as one ensemble",
-                                                     train_only=True, metavar="K")
+                                                     "of the training split held out (train: as concurrent Ray Tune "
+                                                     "trials, then the out-of-fold score and the K models as one "
+                                                     "ensemble; tune: every sample scored by its K folds' mean)",
+                                                     metavar="K")
     skip_bad: bool = flag(False, "skip broken image/label pairs with a warning instead of refusing the dataset")
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # recipe

@@ -24,78 +24,29 @@ from typing import Any
 import numpy as np
 from ray import tune
 
-import segdata
-from segdata.folds import make_folds
-from segengine import checkpoint, ray_adapter, storage
+from segengine import ray_adapter, storage
 from segengine.cluster import alive_node_ips, check_storage_for_cluster
 from segengine.config import ConfigError, TrainConfig
-from segengine.inference.ensemble import ENSEMBLE_FILE, EnsembleFile, EnsemblePredictor, choose_decision
+from segengine.inference.ensemble import EnsemblePredictor, choose_decision
 from segengine.inference.evaluation import evaluate_predictor
 from segengine.inference.predictor import Predictor
-from segengine.manifest import Decision
+from segengine.manifest import ENSEMBLE_FILE, Decision, EnsembleFile
 from segengine.planning import Plan
-from segengine.runprep import PreparedRun, RunError, prepare, save_config
+from segengine.runprep import FOLDS_FILE, PreparedRun, RunError, fold_lists, prepare, save_config
 from segengine.search_config import FifoScheduler, SearchConfig, Searcher, TrialResources
 from segengine.tuning.factories import plan_concurrency
 from segengine.tuning.progress import ProgressLines, tune_output_off
-from segengine.tuning.trial import run_in_trial
+from segengine.tuning.trial import finished, fold_dir, train_fold
 
-FOLDS_FILE = "folds.json"  # the fold lists of a folds run
-FINISHED_FILE = "finished.json"  # in fold-I/: the fold trained to its end (its best checkpoint and metrics)
 CV_FILE = "cv.json"
 TUNE_FOLDER = "tune"  # Tune's own bookkeeping of the folds' trials (the folds keep their runs in fold-I/)
 
 
-def fold_dir(run_dir: str, index: int) -> str:
-    return storage.join(run_dir, f"fold-{index}")
-
-
-def _fold_lists(prep: PreparedRun, k: int) -> list[list[str]]:
-    """The run's folds: those it recorded (the same recipe, seed and images), else new ones, recorded."""
-    path = storage.join(prep.run_dir, FOLDS_FILE)
-    names = [row[0] for row in prep.data["train"]]
-    if storage.exists(path):
-        saved = json.loads(storage.read_text(path))
-        if sorted(n for fold in saved["folds"] for n in fold) != sorted(names) or len(saved["folds"]) != k:
-            raise RunError(f"{path}: its {len(saved['folds'])} folds do not cover this training split's "
-                           f"{len(names)} images; the dataset changed since the run started (use a new --name)")
-        return saved["folds"]
-    samples = segdata.local_samples(prep.data["train"], prep.data["root"])
-    folds = make_folds(samples, prep.meta, k, prep.cfg.seed)
-    storage.write_bytes(path, json.dumps({"k": k, "seed": prep.cfg.seed, "split": prep.cfg.train_split,
-                                          "folds": folds}, indent=1).encode())
-    return folds
-
-
-def fold_data(data: dict[str, Any], folds: list[list[str]], index: int, split: str, seed: int) -> dict[str, Any]:
-    """The worker's data for fold `index`: trains on the other folds, validates on its own; the fold lists go
-    into its checkpoints' manifests. The class frequencies are measured again on the fold's own images."""
-    held = set(folds[index])
-    return {**data, "train": [row for row in data["train"] if row[0] not in held],
-            "val": [row for row in data["train"] if row[0] in held], "frequencies": None,
-            "fold": {"index": index, "folds": folds, "split": split, "seed": seed}}
-
-
 def fold_trial(config: dict[str, Any], *, train: dict[str, Any], data: dict[str, Any], folds: list[list[str]],
                run_dir: str, use_gpu: bool) -> None:
-    """One fold (a Tune trial; constants bound with `tune.with_parameters`): the recipe on its data, then its
-    finished mark naming the best checkpoint."""
-    cfg = TrainConfig.from_dict(train)
-    index = int(config["cv"]["fold"])
-    target = fold_dir(run_dir, index)
-    run_in_trial(cfg, fold_data(data, folds, index, cfg.train_split, cfg.seed), target, storage_root=run_dir,
-                 name=f"fold-{index}", use_gpu=use_gpu, reporter="fold")
-    best = checkpoint.best_path(target, cfg.metric, cfg.mode)
-    if best is None:
-        raise RunError(f"fold {index} finished without a checkpoint ({target})")
-    metrics = checkpoint.read_manifest(best).metrics
-    storage.write_bytes(storage.join(target, FINISHED_FILE),
-                        json.dumps({"fold": index, "checkpoint": best, "metrics": metrics}, indent=1).encode())
-
-
-def finished(run_dir: str, index: int) -> dict[str, Any] | None:
-    path = storage.join(fold_dir(run_dir, index), FINISHED_FILE)
-    return json.loads(storage.read_text(path)) if storage.exists(path) else None
+    """One fold as a Tune trial (constants bound with `tune.with_parameters`), reporting its epochs to Tune."""
+    train_fold(TrainConfig.from_dict(train), data, folds, int(config["cv"]["fold"]), run_dir, use_gpu=use_gpu,
+               reporter="fold", report_to_tune=True)
 
 
 def _check(cfg: TrainConfig, fold: int | None) -> int:
@@ -136,7 +87,7 @@ def train_folds(cfg: TrainConfig, *, fold: int | None = None, resume: bool = Fal
     k = _check(cfg, fold)
     prep = _prepare(cfg, fold, resume, overwrite)
     cfg, run_dir = prep.cfg, prep.run_dir
-    folds = _fold_lists(prep, k)
+    folds = fold_lists(prep, k)
     save_config(run_dir, cfg)
     if plan is not None:
         plan.save(run_dir)
@@ -171,11 +122,11 @@ def _run_trials(prep: PreparedRun, folds: list[list[str]], todo: list[int]) -> N
     with ray_adapter.ray_session(cfg.address, cfg.plugins):
         check_storage_for_cluster(cfg.storage, alive_node_ips())
         use_gpu = ray_adapter.wants_gpu(cfg, cfg.workers)
-        settings = SearchConfig(train=cfg, samples=1, scheduler=FifoScheduler(), searcher=Searcher(type="random"),
-                                resources=TrialResources(workers_per_trial=cfg.workers,
-                                                         cpus_per_worker=cfg.cpus_per_worker))
-        resources, concurrent = plan_concurrency(settings, ray_adapter.cluster_capacity(), use_gpu)
-        concurrent = min(concurrent, len(todo))
+        # the folds are a search of len(todo) trials of one recipe: its trial resources and how many fit at once
+        folds_search = SearchConfig(train=cfg, samples=len(todo), scheduler=FifoScheduler(),
+                                    searcher=Searcher(type="random"), resources=TrialResources(
+                                        workers_per_trial=cfg.workers, cpus_per_worker=cfg.cpus_per_worker))
+        resources, concurrent = plan_concurrency(folds_search, ray_adapter.cluster_capacity(), use_gpu)
         per = "in-process" if cfg.workers == 0 else f"{cfg.workers} Ray Train worker(s) x {cfg.cpus_per_worker} CPU"
         print(f"trials     fold(s) {', '.join(map(str, todo))}: {per} each{', GPU' if use_gpu else ''}, {concurrent} "
               f"at once on {ray_adapter.cluster_capacity()['CPU']:g} CPUs; {cfg.epochs} epochs each", flush=True)
@@ -217,9 +168,8 @@ def summarize(prep: PreparedRun, folds: list[list[str]], *, probs: bool = False)
     oof = evaluate_predictor(EnsemblePredictor(members, Decision(), path=run_dir, folds=folds), cfg.data,
                              split=cfg.train_split, out=storage.join(run_dir, "oof"), probs=probs, verbose=False)
     decision = choose_decision(oof.scores.p1_hist) if prep.meta.num_classes == 2 else Decision()
-    ensemble = EnsembleFile(members=[_relative(p, run_dir) for p in _members(run_dir, len(folds))],
-                            decision=decision, folds=folds)
-    storage.write_bytes(storage.join(run_dir, ENSEMBLE_FILE), ensemble.model_dump_json(indent=1).encode())
+    EnsembleFile(members=[_relative(p, run_dir) for p in _members(run_dir, len(folds))], decision=decision,
+                 folds=folds).write(run_dir)
     val = _score_val(prep, members, decision, probs)
     summary = _cv_summary(prep, folds, oof, decision, val)
     summary["seconds"] = round(time.perf_counter() - started, 1)

@@ -17,8 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_valid
 
 import segdata
 import zoo
+from segengine import storage
 
 MANIFEST_VERSION = 2
+ENSEMBLE_FILE = "ensemble.json"  # in a folder that holds an ensemble (a folds run, a cross-validated trial)
 
 
 class _Frozen(BaseModel):
@@ -164,3 +166,20 @@ class Manifest(_Frozen):
         return {**kept, "num_classes": self.num_classes, "class_names": self.class_names,
                 "in_channels": self.in_channels, "colors": [list(c) for c in self.colors],
                 "label_mode": self.label_mode, "image_range": self.dataset.image_range}
+
+
+class EnsembleFile(_Frozen):
+    """`ensemble.json`: the member checkpoints (relative to the folder), the decision rule and, for a folds
+    run, each fold's held-out images (member i held out fold i)."""
+
+    members: list[str]
+    decision: Decision = Decision()
+    folds: list[list[str]] | None = None
+
+    @classmethod
+    def read(cls, folder: str) -> EnsembleFile | None:
+        path = storage.join(folder, ENSEMBLE_FILE)
+        return cls.model_validate_json(storage.read_text(path)) if storage.exists(path) else None
+
+    def write(self, folder: str) -> None:
+        storage.write_bytes(storage.join(folder, ENSEMBLE_FILE), self.model_dump_json(indent=1).encode())

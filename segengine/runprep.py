@@ -5,6 +5,7 @@ starts; what it validated travels to the workers as `PreparedRun.data` so no wor
 from __future__ import annotations
 
 import difflib
+import json
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -22,6 +23,7 @@ from segengine.metrics import epoch_metric_names
 from segengine.precision import Precision
 
 CONFIG_FILE = "config.yaml"
+FOLDS_FILE = "folds.json"  # the fold lists of a cross-validated run or search
 # Keys that may change on --resume: the epochs or the time budget, and how the driver reaches the cluster.
 RESUMABLE_KEYS = {"epochs", "budget_s", "address", "resource_wait_s"}
 
@@ -196,3 +198,32 @@ def print_plan(prep: PreparedRun, use_gpu: bool) -> None:
 
 def resume_hint(cfg: TrainConfig) -> str:
     return f"python launch.py train --name {cfg.name} --storage {cfg.storage} --resume"
+
+
+def fold_lists(prep: PreparedRun, k: int) -> list[list[str]]:
+    """A cross-validated run's (or search's) folds of the training split: those it recorded (`folds.json`: the
+    same recipe, seed and images), else new ones (`segdata.folds`), recorded."""
+    from segdata.folds import make_folds
+
+    path = storage.join(prep.run_dir, FOLDS_FILE)
+    names = [row[0] for row in prep.data["train"]]
+    if storage.exists(path):
+        saved = json.loads(storage.read_text(path))
+        if sorted(n for fold in saved["folds"] for n in fold) != sorted(names) or len(saved["folds"]) != k:
+            raise RunError(f"{path}: its {len(saved['folds'])} folds do not cover this training split's "
+                           f"{len(names)} images; the dataset changed since the run started (use a new --name)")
+        return saved["folds"]
+    samples = segdata.local_samples(prep.data["train"], prep.data["root"])
+    folds = make_folds(samples, prep.meta, k, prep.cfg.seed)
+    storage.write_bytes(path, json.dumps({"k": k, "seed": prep.cfg.seed, "split": prep.cfg.train_split,
+                                          "folds": folds}, indent=1).encode())
+    return folds
+
+
+def fold_data(data: dict[str, Any], folds: list[list[str]], index: int, split: str, seed: int) -> dict[str, Any]:
+    """The worker's data for fold `index`: trains on the other folds, validates on its own; the fold lists go
+    into its checkpoints' manifests. The class frequencies are measured again on the fold's own images."""
+    held = set(folds[index])
+    return {**data, "train": [row for row in data["train"] if row[0] not in held],
+            "val": [row for row in data["train"] if row[0] in held], "frequencies": None,
+            "fold": {"index": index, "folds": folds, "split": split, "seed": seed}}

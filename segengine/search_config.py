@@ -160,6 +160,9 @@ class SearchConfig(_Strict):
             raise ConfigError(f"{where}: grid values need searcher.type: random (model-based searchers sample)")
         if self.scheduler.type == "pbt":
             self._check_pbt(where)
+            if self.train.folds:
+                raise ConfigError(f"{where}: train.folds with scheduler.type pbt: a cross-validated trial reports "
+                                  "once, after its folds; use asha or fifo")
 
     def _check_pbt(self, where: str) -> None:
         """PBT samples the first configs itself, exploits Tune checkpoints (in-process trials report them) and

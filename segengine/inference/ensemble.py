@@ -10,12 +10,13 @@ two classes a threshold chosen on out-of-fold predictions by `choose_decision`).
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
 
 from segengine import storage
 from segengine.inference.predictor import (
@@ -27,30 +28,13 @@ from segengine.inference.predictor import (
     resolve_device,
     softmax,
 )
-from segengine.manifest import Decision
+from segengine.manifest import Decision, EnsembleFile
 
-ENSEMBLE_FILE = "ensemble.json"  # in a folds run folder
 THRESHOLD_BINS = 100  # resolution of the out-of-fold probability histograms the threshold is chosen from
 THRESHOLD_RANGE = (0.05, 0.95)  # thresholds tried (outside it a two-class rule is a near-constant mask)
 MIN_GAIN = 0.002  # out-of-fold mIoU a threshold must add to the argmax's to be chosen (less is noise)
 # what members of one ensemble must share (a mask of classes, read from the same images)
 SHARED = ("classes", "in_channels", "image_range")
-
-
-class EnsembleFile(BaseModel):
-    """`ensemble.json`: the member checkpoints (relative to the folder), the decision rule and, for a folds
-    run, each fold's held-out images (member i held out fold i)."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    members: list[str]
-    decision: Decision = Decision()
-    folds: list[list[str]] | None = None
-
-    @classmethod
-    def read(cls, folder: str) -> EnsembleFile | None:
-        path = storage.join(folder, ENSEMBLE_FILE)
-        return cls.model_validate_json(storage.read_text(path)) if storage.exists(path) else None
 
 
 class EnsemblePredictor(Predictor):
@@ -131,6 +115,17 @@ def open_ensemble(paths: Sequence[str], decision: Decision | None, folds: list[l
     return EnsemblePredictor(members, decision, path=path, folds=folds)
 
 
+def ensemble_at(path: str) -> tuple[str, EnsembleFile] | None:
+    """(folder, its ensemble file) of a folds run folder, or of a `tune --folds` search's best trial."""
+    found = EnsembleFile.read(path)
+    if found is not None:
+        return path, found
+    best = storage.join(path, "best.json")
+    target = json.loads(storage.read_text(best)).get("checkpoint") if storage.exists(best) else None
+    found = EnsembleFile.read(target) if target else None
+    return (target, found) if found is not None else None
+
+
 def open_predictor(path: str, plugin_refs: Sequence[str] | None = None, verbose: bool = True,
                    mirror: bool | None = None, amp: bool = True, device: str = "cpu",
                    batch_size: int = BATCH) -> Predictor:
@@ -140,11 +135,13 @@ def open_predictor(path: str, plugin_refs: Sequence[str] | None = None, verbose:
     if "," in path:
         paths = [p for p in path.split(",") if p]
         return open_ensemble(paths, None, None, plugin_refs, None, **options)
-    found = None if is_onnx(path) else EnsembleFile.read(storage.resolve(path))
+    found = None if is_onnx(path) else ensemble_at(storage.resolve(path))
     if found is not None:
-        root = storage.resolve(path)
-        paths = [m if storage.is_uri(m) or m.startswith("/") else storage.join(root, m) for m in found.members]
-        return open_ensemble(paths, found.decision, found.folds, plugin_refs, root, **options)
+        root, ensemble = found
+        if verbose and root != storage.resolve(path):
+            print(f"ensemble {root}", file=sys.stderr)
+        paths = [m if storage.is_uri(m) or m.startswith("/") else storage.join(root, m) for m in ensemble.members]
+        return open_ensemble(paths, ensemble.decision, ensemble.folds, plugin_refs, root, **options)
     if is_onnx(path):
         cpu_only = resolve_device(device).type == "cpu"
         return OnnxPredictor(path, mirror, batch_size, providers=("CPUExecutionProvider",) if cpu_only else None)

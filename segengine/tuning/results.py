@@ -84,8 +84,9 @@ def _row(result: Result, cfg: TrainConfig, tune_dir: str, searched: dict[str, tu
     best_value = max(values, key=lambda v: ranked(v, mode), default=float("nan"))
     status = _status(result, hist, epochs, max_epochs, completed)
     seconds = float(hist["time_total_s"].iloc[-1]) if hist is not None and "time_total_s" in hist.columns else 0.0
-    startup = (float(hist["time_this_iter_s"].iloc[0] - hist["epoch_time_s"].iloc[0])
-               if hist is not None and "time_this_iter_s" in hist.columns and len(hist) else float("nan"))
+    timed = hist is not None and {"time_this_iter_s", "epoch_time_s"} <= set(hist.columns) and len(hist)
+    # a cross-validated trial reports once, after its folds: no first epoch to tell its start-up from
+    startup = float(hist["time_this_iter_s"].iloc[0] - hist["epoch_time_s"].iloc[0]) if timed else float("nan")
     row = {"trial": trial_id, **{k: sampled_value(result.config, where) for k, where in searched.items()},
            "startup_s": startup, f"best_{metric}": best_value, "epochs": int(max(epochs)) if epochs else 0,
            "minutes": seconds / 60, "status": status,

@@ -13,7 +13,7 @@ from segengine import ray_adapter, storage, tracking
 from segengine.cluster import alive_node_ips, check_storage_for_cluster
 from segengine.config import TrainConfig
 from segengine.planning import Plan
-from segengine.runprep import PreparedRun, RunError, prepare, save_config
+from segengine.runprep import PreparedRun, RunError, fold_lists, prepare, save_config
 from segengine.search_config import SEARCH_FILE, SearchConfig
 from segengine.tuning.factories import make_scheduler, make_searcher, plan_concurrency
 from segengine.tuning.progress import ProgressLines, tune_output_off
@@ -45,6 +45,10 @@ def _print_plan(settings: SearchConfig, prep: PreparedRun, searched: dict, start
            else f"{cfg.workers} Ray Train worker(s) x {cfg.cpus_per_worker} CPU")
     print(f"resources  {per} per trial{', GPU' if use_gpu else ''}; {concurrent} trial(s) at once on "
           f"{ray_adapter.cluster_capacity()['CPU']:g} CPUs", flush=True)
+    if cfg.folds:
+        print(f"folds      each trial trains {cfg.folds} folds of the {prep.counts['train']} '{cfg.train_split}' "
+              f"images one after another and is scored by their mean {cfg.metric} (one result per trial: a scheduler "
+              "cannot stop it early)")
     if settings.time_budget_s:
         print(f"budget     {settings.time_budget_s / 60:.1f} min for the whole search (Tune stops what runs then)")
     print(f"curves     tensorboard --logdir {prep.run_dir}   (each trial's tensorboard/; trials.png at the end)")
@@ -81,10 +85,6 @@ def tune_run(settings: SearchConfig, *, name: str | None, storage_root: str, add
              resume: bool, overwrite: bool, plan: Plan | None = None) -> dict[str, Any]:
     """Run (or resume) a search (`plan`: the plan it came from, saved in the search folder); returns the results
     rows, the best row and paths."""
-    if settings.train.folds is not None:
-        raise RunError(f"train.folds {settings.train.folds}: a search scores each sample on one split; cross-validate "
-                       f"its best recipe with `launch.py train --config SEARCH/best.yaml --folds "
-                       f"{settings.train.folds}`")
     base = _base_config(settings, name, storage_root, address)
     exponent_searched = settings.class_weights.inverse_frequency_exponent is not None
     prep = prepare(base, resume=resume, overwrite=overwrite,
@@ -100,6 +100,7 @@ def tune_run(settings: SearchConfig, *, name: str | None, storage_root: str, add
                 plan.save(tune_dir)
             sections = yaml.safe_dump(settings.search_sections(), sort_keys=False)
             storage.write_bytes(storage.join(tune_dir, SEARCH_FILE), sections.encode())
+        folds = fold_lists(prep, cfg.folds) if cfg.folds else None
         space = param_space(settings, cfg, prep.meta)
         searched = searched_columns(space)
         start = recipe_point(settings, space) if settings.searcher.type == "optuna" and \
@@ -107,7 +108,7 @@ def tune_run(settings: SearchConfig, *, name: str | None, storage_root: str, add
         _print_plan(settings, prep, searched, start, use_gpu, concurrent)
         progress = ProgressLines(cfg.metric, searched)
         trainable = tune.with_resources(tune.with_parameters(
-            trial_func, data=prep.data, tune_dir=tune_dir, use_gpu=use_gpu), resources)
+            trial_func, data=prep.data, tune_dir=tune_dir, use_gpu=use_gpu, folds=folds), resources)
         tuner = _tuner(settings, prep, trainable, space,
                        [progress, *tracking.tune_callbacks(cfg, cfg.name, tune_dir)], concurrent, start, resume)
         began = time.perf_counter()

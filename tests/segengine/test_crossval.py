@@ -1,11 +1,13 @@
 """`train --folds K`: folds as Ray Tune trials, resume of the unfinished ones, the out-of-fold summary, and the
 fold models as one ensemble in evaluate, predict (here and on Ray Data actors) and export."""
 
+import csv
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 import segdata
@@ -43,6 +45,11 @@ def test_one_fold_alone_then_resume_trains_only_the_unfinished_folds(folds_run):
     assert _mtimes(run / "fold-1") == alone["fold1"], "the finished fold was not touched by --resume"
     assert sorted(p.parent.name for p in run.glob("fold-*/finished.json")) == ["fold-0", "fold-1", "fold-2"]
     assert (run / "cv.json").exists() and (run / "ensemble.json").exists()
+    spans = []  # the two folds of --resume trained side by side (2 CPUs, 1 per in-process fold)
+    for index in (0, 2):
+        timings = run / f"fold-{index}" / "timings.json"
+        spans.append((json.loads(timings.read_text())["train_func"], timings.stat().st_mtime))
+    assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1], spans
 
 
 def test_each_fold_validates_on_its_own_images_and_records_the_lists(folds_run):
@@ -181,6 +188,31 @@ def test_folds_mistakes_are_one_line_errors(tmp_path, capsys):
         assert main([*argv, "--storage", str(tmp_path), "--name", "bad"]) == 2, argv
         assert message in capsys.readouterr().err, argv
     search = tmp_path / "s.yaml"
-    search.write_text("train: {encoder: mini, data: 'synth', folds: 3}\n")
+    search.write_text("train: {encoder: mini, data: 'synth', folds: 3}\nsearch: {lr: {loguniform: [1.0e-4, 1.0e-2]}}"
+                      "\nscheduler: {type: pbt}\nsearcher: {type: random}\n")
     assert main(["tune", "--config", str(search), "--storage", str(tmp_path)]) == 2
-    assert "cross-validate its best recipe" in capsys.readouterr().err
+    assert "train.folds with scheduler.type pbt" in capsys.readouterr().err
+
+
+def test_tune_folds_scores_each_sample_by_its_folds_and_the_best_trial_is_an_ensemble(ray_local, tmp_path, capsys):
+    search = tmp_path / "search.yaml"
+    search.write_text(yaml.safe_dump({
+        "train": {"encoder": "mini", "data": DATA, "input_size": [64, 64], "batch_size": 2, "epochs": 2,
+                  "workers": 0},
+        "search": {"lr": {"grid": [3e-3, 1e-7]}}, "searcher": {"type": "random"}, "samples": 1,
+        "scheduler": {"type": "fifo"}, "max_concurrent": 2}))
+    assert main(["tune", "--config", str(search), "--folds", "2", "--storage", str(tmp_path), "--name", "s"]) == 0
+    assert "each trial trains 2 folds" in capsys.readouterr().out
+    tune_dir = tmp_path / "s"
+    folds = json.loads((tune_dir / "folds.json").read_text())["folds"]
+    with open(tune_dir / "results.csv") as f:
+        rows = {float(r["lr"]): r for r in csv.DictReader(f)}
+    for row in rows.values():  # the sample's score is the mean of its folds' best val_miou
+        marks = [json.loads((tune_dir / row["trial"] / f"fold-{i}" / "finished.json").read_text()) for i in range(2)]
+        assert float(row["best_val_miou"]) == pytest.approx(np.mean([m["metrics"]["val_miou"] for m in marks]))
+        assert [len(checkpoint.read_manifest(m["checkpoint"]).fold.folds) for m in marks] == [2, 2]
+    winner = max(rows.values(), key=lambda r: float(r["best_val_miou"]))
+    best = json.loads((tune_dir / "best.json").read_text())["checkpoint"]
+    assert best == str(tune_dir / winner["trial"]) and (Path(best) / "ensemble.json").exists()
+    predictor = open_predictor(str(tune_dir))  # the search folder: its best trial's fold models as one ensemble
+    assert isinstance(predictor, EnsemblePredictor) and len(predictor.members) == 2 and predictor.folds == folds
