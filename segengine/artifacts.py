@@ -16,6 +16,14 @@ from typing import Any
 from segengine import storage
 
 
+def measured(history: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """The epochs that measured `key`: all for training figures; for validation figures (`val_*`) the validated
+    epochs only (between validations an epoch carries the last scores, `validated` 0: never plotted as a point)."""
+    if not key.startswith("val_"):
+        return history
+    return [h for h in history if h.get("validated", 1)]
+
+
 def plot_curves(history: list[dict[str, Any]], keys: list[str], title: str, path: Path) -> None:
     import matplotlib
 
@@ -23,9 +31,9 @@ def plot_curves(history: list[dict[str, Any]], keys: list[str], title: str, path
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    epochs = [h["epoch"] for h in history]
     for key in keys:
-        ax.plot(epochs, [h.get(key, float("nan")) for h in history], marker="o", label=key)
+        rows = measured(history, key)
+        ax.plot([h["epoch"] for h in rows], [h.get(key, float("nan")) for h in rows], marker="o", label=key)
     ax.set_xlabel("epoch")
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -76,10 +84,13 @@ class RunArtifacts:
         plot_curves(history, ["val_miou"], "validation mIoU", self.local / "miou.png")
         tb = self._writer()
         step = last["epoch"]
+        validated = bool(last.get("validated", 1))  # carried scores are not logged again
         for key in ("train_loss", "val_loss", "val_miou", "val_pixel_acc", "val_f_score", "lr", "images_per_s"):
-            tb.add_scalar(key, last[key], step)
-        for name, iou in scores["iou"].items():
-            tb.add_scalar(f"val_iou/{name}", iou, step)
+            if validated or not key.startswith("val_"):
+                tb.add_scalar(key, last[key], step)
+        if validated:
+            for name, iou in scores["iou"].items():
+                tb.add_scalar(f"val_iou/{name}", iou, step)
         tb.flush()
         summary = {"epochs_done": step, "last": last, "latest_checkpoint": checkpoint_path}
         (self.local / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

@@ -48,12 +48,14 @@ def _split_tag(split: str) -> str:
     return Path(split.split("?")[0]).stem or "split"
 
 
-def default_eval_dir(checkpoint_path: str, split: str) -> str:
-    """`eval-<split>` next to a local checkpoint; in the working directory for one on object storage."""
+def default_eval_dir(checkpoint_path: str, split: str, ensemble: bool = False) -> str:
+    """`eval-<split>` next to a local checkpoint (in its run folder), inside a folds run folder for its ensemble;
+    in the working directory for a model on object storage or an ensemble of checkpoints `A,B,C`."""
     name = f"eval-{_split_tag(split)}"
-    if storage.is_uri(checkpoint_path):
+    if storage.is_uri(checkpoint_path) or (ensemble and not storage.is_dir(checkpoint_path)):
         return str(Path.cwd() / name)
-    return str(Path(storage.resolve(checkpoint_path)).parent / name)
+    folder = Path(storage.resolve(checkpoint_path))
+    return str((folder if ensemble else folder.parent) / name)
 
 
 def _read_pair(predictor: Predictor, image_path: str, label_path: str, meta) -> tuple[np.ndarray, np.ndarray]:
@@ -201,7 +203,7 @@ def evaluate_predictor(predictor: Predictor, data: str, *, split: str = "val", o
     if not samples:
         raise InferenceError(f"split {split!r} of {folder.root} is empty")
     members = _held_out_members(predictor, samples, split)
-    out_dir = out or default_eval_dir(checkpoint_path, split)
+    out_dir = out or default_eval_dir(checkpoint_path, split, isinstance(predictor, EnsemblePredictor))
     groups = evaluate_samples(predictor, samples, meta, progress=verbose, sliding=sliding, workers=workers,
                               address=address, plugin_refs=list(plugin_refs or []),
                               probs_dir=storage.join(out_dir, "probs") if probs else None, members=members)

@@ -80,8 +80,10 @@ def test_out_of_fold_scores_are_each_fold_model_on_its_own_held_out_images(folds
         alone = inference.evaluate(best, DATA, split=str(split), out=str(tmp_path / f"e{index}"), verbose=False)
         assert cv["folds"][index]["miou"] == pytest.approx(alone.metrics["miou"], abs=1e-4)
         total = total + alone.confusion
+    assert main(["evaluate", str(run), "--data", DATA, "--split", "train"]) == 0  # default out: in the run folder
+    oof = json.loads((run / "eval-train" / "metrics.json").read_text())
+    assert oof["predicted_by"].startswith("out-of-fold")
     oof = inference.evaluate(str(run), DATA, split="train", out=str(tmp_path / "oof"), verbose=False)
-    assert oof.metrics["predicted_by"].startswith("out-of-fold")
     if cv["decision"]["threshold"] is None:  # the argmax: the same masks as the members alone
         np.testing.assert_array_equal(oof.confusion, total)
     assert cv["oof"]["images"] == 12 and cv["val"]["images"] == 4
