@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from segdata import isbi, synth
-from segdata.check import DataReport, check_dataset, class_frequencies, validated_samples
+from segdata.check import DataReport, check_dataset, class_frequencies, class_presence, validated_samples
 from segdata.files import read_image, read_label
 from segdata.folder import Sample, SegFolder, local_samples, open_dataset, portable_samples
 from segdata.meta import IGNORE, DataError, DatasetMeta
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "IGNORE", "DataError", "DataReport", "DatasetMeta", "EvalTransform", "Letterbox", "NativeTransform",
     "PatchDataset", "PatchTransform", "Sample", "SegFolder", "SegmentationDataset", "TrainTransform",
-    "normalised_grey", "check_dataset", "class_frequencies", "open_dataset",
+    "normalised_grey", "check_dataset", "class_frequencies", "class_presence", "open_dataset",
     "is_synth", "isbi", "local_samples", "natural_key", "portable_samples", "read_image", "read_label",
     "resolve_data", "synth", "validated_samples",
 ]

@@ -246,3 +246,15 @@ def class_frequencies(folder_or_samples: SegFolder | Sequence[Sample], meta: Dat
         totals = sum(pool.map(count, [s for s in samples if s.label is not None]), np.zeros(256, np.int64))
     pixels = totals[: meta.num_classes].astype(np.float64)
     return pixels / pixels.sum() if pixels.sum() else pixels
+
+
+def class_presence(samples: Sequence[Sample], meta: DatasetMeta) -> np.ndarray:
+    """n x classes booleans: which classes each image's label contains (ignored pixels excluded)."""
+
+    def present(sample: Sample) -> np.ndarray:
+        counts = np.bincount(files.read_label(sample.label, meta).ravel(), minlength=256)
+        return counts[: meta.num_classes] > 0
+
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        rows = list(pool.map(present, samples))
+    return np.stack(rows) if rows else np.zeros((0, meta.num_classes), bool)

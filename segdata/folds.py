@@ -8,26 +8,12 @@ stratification, Sechidis et al. 2011), so that each fold's model is validated on
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from segdata import files
-from segdata.check import READ_THREADS
+from segdata.check import class_presence
 from segdata.folder import Sample
 from segdata.meta import DataError, DatasetMeta
-
-
-def class_presence(samples: Sequence[Sample], meta: DatasetMeta) -> np.ndarray:
-    """n x classes booleans: which classes each image's label contains (ignored pixels excluded)."""
-
-    def present(sample: Sample) -> np.ndarray:
-        counts = np.bincount(files.read_label(sample.label, meta).ravel(), minlength=256)
-        return counts[: meta.num_classes] > 0
-
-    with ThreadPoolExecutor(READ_THREADS) as pool:
-        rows = list(pool.map(present, samples))
-    return np.stack(rows) if rows else np.zeros((0, meta.num_classes), bool)
 
 
 def assign_folds(presence: np.ndarray, k: int, seed: int) -> list[int]:

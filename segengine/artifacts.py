@@ -1,4 +1,5 @@
-"""What a person reads in a run folder: history.csv, loss.png, miou.png, TensorBoard events, workers.json.
+"""What a person reads in a run folder: history.csv, loss.png, miou.png, previews/, TensorBoard events,
+workers.json.
 
 Written by rank 0 after every epoch from the full history (which travels inside checkpoints), so a resumed run
 rewrites the files with every epoch exactly once. Object-storage runs stage files locally and upload them.
@@ -12,6 +13,9 @@ import json
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from PIL import Image
 
 from segengine import storage
 
@@ -94,6 +98,18 @@ class RunArtifacts:
         tb.flush()
         summary = {"epochs_done": step, "last": last, "latest_checkpoint": checkpoint_path}
         (self.local / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        self._sync()
+
+    def write_previews(self, image: np.ndarray, epoch: int, best: bool) -> None:
+        """A validation's prediction previews (`segengine.previews`): previews/latest.png, previews/best.png when
+        the epoch is the best so far, and TensorBoard's `previews` image at the epoch."""
+        folder = self.local / "previews"
+        folder.mkdir(exist_ok=True)
+        picture = Image.fromarray(image)
+        picture.save(folder / "latest.png", optimize=True)
+        if best:
+            picture.save(folder / "best.png", optimize=True)
+        self._writer().add_image("previews", image, epoch, dataformats="HWC")
         self._sync()
 
     def _sync(self) -> None:

@@ -22,6 +22,8 @@ import uuid
 import warnings
 from typing import Any
 
+import numpy as np
+
 from segengine import storage
 from segengine.config import ConfigError, TrainConfig, wandb_mode
 from zoo._errors import one_line
@@ -201,6 +203,20 @@ class EpochLogger:
                 self.mlflow.log_batch(self.mlflow_run, metrics=batch[start:start + 1000])
         if self.wandb is not None:
             self.wandb.log({**values, "epoch": epoch}, step=epoch)
+
+    def log_image(self, image: np.ndarray, epoch: int) -> None:
+        """A validation's prediction previews: MLflow artifact previews/epoch_NNNN.png, W&B image `previews`."""
+        try:
+            if self.mlflow is not None:
+                self.mlflow.log_image(self.mlflow_run, image, artifact_file=f"previews/epoch_{epoch:04d}.png")
+            if self.wandb is not None:
+                import wandb
+
+                self.wandb.log({"previews": wandb.Image(image)}, step=epoch)
+        except Exception as exc:  # MLflow/W&B/network errors of many types
+            warnings.warn(f"tracking: epoch {epoch}'s previews not logged, logging stops for this run: "
+                          f"{one_line(exc)}", stacklevel=2)
+            self.mlflow = self.wandb = None
 
     def close(self) -> None:
         if self.wandb is not None:

@@ -33,6 +33,7 @@ from segengine.losses import SegmentationLoss
 from segengine.manifest import InferenceMode, Manifest
 from segengine.metrics import VAL_SCORES, MetricAccumulator
 from segengine.precision import Precision
+from segengine.previews import Previews
 from segengine.reporting import Reporter, make_reporter
 from segengine.tracking import EpochLogger
 from segengine.windows import sliding_probabilities
@@ -286,6 +287,8 @@ class Trainer:
         # native sizes may differ between images: one image per batch, its windows batched instead
         self.val_loader = DataLoader(shard, batch_size=1 if sliding else cfg.batch_size, num_workers=loaders)
         self.pad_value = segdata.normalised_grey(norm.mean, norm.std, norm.clip)
+        self.previews = (Previews([val_samples[i] for i in shard.indices], self.meta, norm.mean, norm.std, cfg.seed)
+                         if self.rank == 0 and val_samples else None)
 
     def _build_optimization(self, model: zoo.SegmentationModel, frequencies: list[float] | None,
                             train_samples: list) -> None:
@@ -383,6 +386,7 @@ class Trainer:
     def _validate(self) -> dict[str, Any]:
         self.model.eval()  # the unwrapped module: DDP's buffer broadcast would hang on uneven shards
         acc = MetricAccumulator(self.meta.num_classes, self.device)
+        position = 0  # in this rank's shard: where the previews' images are
         for x, y in self.val_loader:
             x, y = x.to(self.device), y.to(self.device)
             if self.cfg.validation == "sliding":  # log-probabilities: CE of them is the blended NLL
@@ -393,6 +397,9 @@ class Trainer:
             else:
                 logits = self._forward_eval(x)
             acc.update(logits, y, self.loss_fn(logits, y))
+            if self.previews is not None:
+                self.previews.capture(position, x, y, logits)
+            position += len(x)
         collective = time.perf_counter()
         acc.all_reduce()
         self._collective_s += time.perf_counter() - collective
@@ -443,10 +450,12 @@ class Trainer:
         metrics["validated"] = int(validate)
         metrics["val_time_s"] = time.perf_counter() - val_start if validate else 0.0
         value = metrics.get(cfg.metric, float("nan"))
-        if validate and value == value and ranked(value, cfg.mode) > ranked(self.best, cfg.mode):
+        improved = validate and value == value and ranked(value, cfg.mode) > ranked(self.best, cfg.mode)
+        if improved:
             self.best, self.stale = float(value), 0
         else:
             self.stale += 1
+        preview_s = self._write_previews(epoch + 1, improved) if validate else 0.0
         metrics["best_" + cfg.metric] = self.best if self.best is not None else float("nan")
         metrics["steps"] = (epoch + 1) * self.steps_per_epoch
         metrics["workers"] = self.world
@@ -461,7 +470,7 @@ class Trainer:
                              functools.partial(self._epoch_stored, metrics, epoch, scores))
         self.timings["epochs"].append({"epoch": epoch + 1, "train_s": train_time, "val_s": metrics["val_time_s"],
                                        "collective_s": self._collective_s,
-                                       "report_s": time.perf_counter() - report_start,
+                                       "report_s": time.perf_counter() - report_start, "preview_s": preview_s,
                                        "epoch_s": time.perf_counter() - epoch_start})
         self.epoch_costs.append(time.perf_counter() - epoch_start - metrics["val_time_s"])
         self._collective_s = 0.0
@@ -469,6 +478,18 @@ class Trainer:
             print(f"early stop: {cfg.metric} did not improve for {self.stale} epochs "
                   f"({metrics['steps']} steps >= min_steps {cfg.min_steps})", flush=True)
         return scores
+
+    def _write_previews(self, epoch: int, best: bool) -> float:
+        """Rank 0: the validation's previews into the run folder, TensorBoard and tracking; the seconds it took."""
+        if self.previews is None or self.artifacts is None:
+            return 0.0
+        start = time.perf_counter()
+        image = self.previews.render()
+        if image is not None:
+            self.artifacts.write_previews(image, epoch, best)
+            if self.epoch_logger is not None:
+                self.epoch_logger.log_image(image, epoch)
+        return time.perf_counter() - start
 
     def _state(self, epoch: int) -> dict[str, Any]:
         """Everything a resumed run continues from (plain tensors and containers: weights_only loads it)."""

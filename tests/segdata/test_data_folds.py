@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import segdata
-from segdata.folds import assign_folds, class_presence, make_folds
+from segdata.check import class_presence
+from segdata.folds import assign_folds, make_folds
 
 
 def _presence(n: int, classes: int, seed: int) -> np.ndarray:

@@ -80,6 +80,8 @@ def test_train_logs_one_run_params_epochs_and_the_best_checkpoint(mlflow_server,
     assert {"best_checkpoint", "history.csv", "config.yaml"} <= artifacts, artifacts
     inside = {a.path for a in client.list_artifacts(run.info.run_id, "best_checkpoint")}
     assert {"best_checkpoint/manifest.json", "best_checkpoint/state.pt"} <= inside, inside
+    previews = {a.path for a in client.list_artifacts(run.info.run_id, "previews")}  # rank 0, every validation
+    assert {f"previews/epoch_{epoch:04d}.png" for epoch in (1, 2, 3)} <= previews, previews
 
 
 def test_tune_logs_a_run_per_trial(mlflow_server, ray_local, tmp_path):
