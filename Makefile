@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 test: setup
+	bash .ci/browser-deps.sh
 	$(PY) -m pytest -m "not cluster" tests
 
 test-cluster: setup

@@ -167,6 +167,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_flags(p)
     _add_plugin_flag(p)
 
+    p = sub.add_parser("report", help="one self-contained HTML page of a run, search or folds run",
+                       description="Write REPORT.html for a training run (curves, per-class IoU, confusion, worst and "
+                                   "best validation images, previews, recipe, timings), a search (sortable trials "
+                                   "table, searched values against the metric, the scheduler's decisions, the best "
+                                   "trial's page) or a folds run (per fold, out-of-fold). Images are embedded: it "
+                                   "opens offline. train and tune write it at their end.")
+    p.add_argument("folder", metavar="RUN_OR_SEARCH")
+    p.add_argument("--out", default=None, metavar="FILE.html", help="default: FOLDER/report.html")
+    _add_plugin_flag(p)
+
     p = sub.add_parser("export", help="export a checkpoint to ONNX, TorchScript or safetensors")
     p.add_argument("checkpoint")
     p.add_argument("--format", choices=["onnx", "torchscript", "safetensors"], default="onnx",

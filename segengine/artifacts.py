@@ -100,6 +100,15 @@ class RunArtifacts:
         (self.local / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         self._sync()
 
+    def write_validation(self, epoch: int, best: bool, scores: dict[str, Any]) -> None:
+        """The validation's confusion matrix (rows: true class, columns: predicted) and per-class IoU:
+        validation.json, and validation_best.json for the best validation so far."""
+        info = {"epoch": epoch, "classes": self.class_names, "confusion": scores["confusion"], "iou": scores["iou"]}
+        text = json.dumps(info, indent=1)
+        (self.local / "validation.json").write_text(text)
+        if best:
+            (self.local / "validation_best.json").write_text(text)
+
     def write_previews(self, image: np.ndarray, epoch: int, best: bool) -> None:
         """A validation's prediction previews (`segengine.previews`): previews/latest.png, previews/best.png when
         the epoch is the best so far, and TensorBoard's `previews` image at the epoch."""

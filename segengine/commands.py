@@ -96,12 +96,41 @@ def train(args: argparse.Namespace) -> int:
     if cfg.folds is not None or args.fold is not None:
         from segengine.crossval import train_folds
 
-        train_folds(cfg, fold=args.fold, resume=args.resume, overwrite=args.overwrite, plan=plan, probs=args.probs)
+        summary = train_folds(cfg, fold=args.fold, resume=args.resume, overwrite=args.overwrite, plan=plan,
+                              probs=args.probs)
+        if not summary.get("missing"):
+            _write_report(summary["run_dir"])
         return 0
     if args.probs:
         raise ConfigError("--probs keeps the probabilities of a --folds run; for one model use "
                           "`launch.py evaluate RUN --data DIR --probs` or `predict --probs`")
-    run_train(cfg, resume=args.resume, overwrite=args.overwrite, plan=plan)
+    summary = run_train(cfg, resume=args.resume, overwrite=args.overwrite, plan=plan)
+    _write_report(summary["run_dir"])
+    return 0
+
+
+def _write_report(folder: str) -> None:
+    """The report at the end of train and tune; a report that fails costs a warning, never the run."""
+    import warnings
+
+    from segengine.report import write_report
+
+    try:
+        write_report(folder)
+    except Exception as exc:  # the run itself succeeded: say why there is no report, and how to retry
+        from zoo._errors import one_line
+
+        warnings.warn(f"no report.html: {one_line(exc)} (retry with `launch.py report {folder}`)", stacklevel=2)
+
+
+def report(args: argparse.Namespace) -> int:
+    """`launch.py report FOLDER`: the HTML page of a run, search or folds run."""
+    import plugins
+    from segengine.report import write_report
+
+    plugins.autoload()
+    plugins.load_plugins(args.plugin or [])
+    write_report(args.folder, args.out)
     return 0
 
 
@@ -132,8 +161,9 @@ def tune(args: argparse.Namespace) -> int:
     settings = SearchConfig.load(config, overrides, extra)
     if args.plugin:
         settings.train.plugins = merge_plugins(settings.train.plugins, args.plugin)
-    tune_run(settings, name=args.name, storage_root=args.storage or settings.train.storage,
-             address=args.address, resume=args.resume, overwrite=args.overwrite, plan=plan)
+    results = tune_run(settings, name=args.name, storage_root=args.storage or settings.train.storage,
+                       address=args.address, resume=args.resume, overwrite=args.overwrite, plan=plan)
+    _write_report(results["tune_dir"])
     return 0
 
 

@@ -403,7 +403,7 @@ class Trainer:
         collective = time.perf_counter()
         acc.all_reduce()
         self._collective_s += time.perf_counter() - collective
-        return acc.compute(list(self.meta.classes))
+        return {**acc.compute(list(self.meta.classes)), "confusion": acc.cm.cpu().tolist()}
 
     def _forward_eval(self, x: torch.Tensor) -> torch.Tensor:
         return self.precision.forward(self.model, x)
@@ -455,7 +455,7 @@ class Trainer:
             self.best, self.stale = float(value), 0
         else:
             self.stale += 1
-        preview_s = self._write_previews(epoch + 1, improved) if validate else 0.0
+        preview_s = self._validation_artifacts(epoch + 1, improved, scores) if validate else 0.0
         metrics["best_" + cfg.metric] = self.best if self.best is not None else float("nan")
         metrics["steps"] = (epoch + 1) * self.steps_per_epoch
         metrics["workers"] = self.world
@@ -479,9 +479,13 @@ class Trainer:
                   f"({metrics['steps']} steps >= min_steps {cfg.min_steps})", flush=True)
         return scores
 
-    def _write_previews(self, epoch: int, best: bool) -> float:
-        """Rank 0: the validation's previews into the run folder, TensorBoard and tracking; the seconds it took."""
-        if self.previews is None or self.artifacts is None:
+    def _validation_artifacts(self, epoch: int, best: bool, scores: dict[str, Any]) -> float:
+        """Rank 0: the validation's confusion matrix (the report's heatmap) and its previews into the run folder,
+        TensorBoard and tracking; the seconds the previews took."""
+        if self.artifacts is None:
+            return 0.0
+        self.artifacts.write_validation(epoch, best, scores)
+        if self.previews is None:
             return 0.0
         start = time.perf_counter()
         image = self.previews.render()
