@@ -162,7 +162,10 @@ def _gallery(best: str, config: dict[str, Any]) -> tuple[list[tuple[str, float, 
     folder = segdata.open_dataset(segdata.resolve_data(config.get("data") or "synth"),
                                   val_fraction=float(config.get("val_fraction", 0.2)),
                                   image_range=predictor.manifest.dataset.image_range)
-    samples = [s for s in folder.samples(config.get("val_split", "val")) if s.label is not None]
+    fold = predictor.manifest.fold  # a fold model validated on its held-out images of the training split
+    split = fold.split if fold else config.get("val_split", "val")
+    held_out = set(fold.folds[fold.index]) if fold else None
+    samples = [s for s in folder.samples(split) if s.label is not None and (held_out is None or s.name in held_out)]
     picks = sorted({int(i) for i in np.linspace(0, len(samples) - 1, min(len(samples), SCORED_IMAGES))})
     scored = []
     for i in picks if samples else ():
@@ -177,7 +180,8 @@ def _gallery(best: str, config: dict[str, Any]) -> tuple[list[tuple[str, float, 
                        _png(render(image, mask, predictor.palette)["overlay"]),
                        _png(render(image, truth, predictor.palette)["overlay"])))
     scored.sort(key=lambda item: item[1] if math.isfinite(item[1]) else 2.0)
-    return scored, f"{len(scored)} of the {len(samples)} '{config.get('val_split', 'val')}' images, each scored alone"
+    where = f"fold {fold.index}'s held-out '{split}'" if fold else f"'{split}'"
+    return scored, f"{len(scored)} of the {len(samples)} {where} images, each scored alone"
 
 
 def _figures(items: list[tuple[str, float, bytes, bytes]]) -> str:
@@ -241,6 +245,8 @@ def run_page(folder: str, best: str | None = None) -> str:
     scored, scored_note = _gallery(best, config) if best else ([], "no checkpoint yet")
     overlay = _figures(scored[-1:]) if scored else '<p class="muted">no labelled validation image</p>'
     name = config.get("name") or Path(folder).name
+    if manifest is not None and manifest.fold is not None:
+        name = f"{name}, fold {manifest.fold.index}"
     head = (f"<h1>{html.escape(name)}</h1><p class=muted>{html.escape(str(config.get('encoder')))} on "
             f"{html.escape(str(config.get('data') or 'synth'))}; {len(history)} epoch(s)</p>"
             f"<p class=kpi id=kpi>{html.escape(metric)} {_num(metrics.get(metric))} <small>best checkpoint, epoch "

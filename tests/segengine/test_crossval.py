@@ -45,6 +45,8 @@ def test_one_fold_alone_then_resume_trains_only_the_unfinished_folds(folds_run):
     assert _mtimes(run / "fold-1") == alone["fold1"], "the finished fold was not touched by --resume"
     assert sorted(p.parent.name for p in run.glob("fold-*/finished.json")) == ["fold-0", "fold-1", "fold-2"]
     assert (run / "cv.json").exists() and (run / "ensemble.json").exists()
+    page = (run / "report.html").read_text()  # written at the end: per fold and out-of-fold
+    assert "out-of-fold mIoU" in page and "Per fold" in page
     spans = []  # the two folds of --resume trained side by side (2 CPUs, 1 per in-process fold)
     for index in (0, 2):
         timings = run / f"fold-{index}" / "timings.json"
