@@ -548,8 +548,9 @@ class Trainer:
         remaining = (self.epochs - epoch - 1) * m["epoch_time_s"]
         eta = f"{remaining / 60:.1f} min" if remaining >= 60 else f"{remaining:.0f} s"
         miou = m["val_miou"]
-        print(f"epoch {m['epoch']:>3}/{self.epochs}  train_loss {m['train_loss']:.4f}  "
-              f"val_loss {m['val_loss']:.4f}  mIoU {miou if math.isfinite(miou) else float('nan'):.4f}  "
+        val = (f"val_loss {m['val_loss']:.4f}  mIoU {miou if math.isfinite(miou) else float('nan'):.4f}"
+               if m.get("validated", 1) else "(not validated)")
+        print(f"epoch {m['epoch']:>3}/{self.epochs}  train_loss {m['train_loss']:.4f}  {val}  "
               f"lr {m['lr']:.3g}  {m['images_per_s']:.1f} img/s  {m['epoch_time_s']:.1f} s  ETA {eta}",
               flush=True)
 

@@ -26,6 +26,9 @@ class ProgressLines(Callback):
         self.completed: set[str] = set()  # trials that ended on their own or by the scheduler (not by the budget)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if not result.get("validated", 1):  # the epoch carried the last validation's scores
+            self.line(trial, f"epoch {result.get('epoch', '?'):>3}  (not validated)")
+            return
         self.line(trial, f"epoch {result.get('epoch', '?'):>3}  {self.metric} "
                          f"{result.get(self.metric, float('nan')):.4f}  val_loss "
                          f"{result.get('val_loss', float('nan')):.4f}")
