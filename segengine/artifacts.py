@@ -121,6 +121,13 @@ class RunArtifacts:
         self._writer().add_image("previews", image, epoch, dataformats="HWC")
         self._sync()
 
+    def close(self) -> None:
+        """The TensorBoard writer closed (its events written out): the run's files change no more after it."""
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        self._sync()
+
     def _sync(self) -> None:
         if self._staging is not None:
             storage.upload_dir(self._staging, self.run_dir)

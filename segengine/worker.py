@@ -429,6 +429,7 @@ class Trainer:
             if self.budget is not None:
                 self.timings["budget"] = {"budget_s": self.budget.budget_s, "spent_s": self.budget.spent(),
                                           "epochs": epoch, "clock_start": self.budget.started_at}
+            self.artifacts.close()  # TensorBoard's events flushed and closed before timings.json marks the end
             self.artifacts.write_json("timings.json", self.timings)
         if self.epoch_logger is not None:
             self.epoch_logger.close()
