@@ -178,6 +178,24 @@ def _wait_for(history: Path, driver: subprocess.Popen, log: Path, ready, what: s
         time.sleep(0.2)
 
 
+def _lose_and_restart_worker_node(cluster: NetnsCluster, driver: subprocess.Popen, log: Path, history: Path,
+                                  epochs: int) -> None:
+    """Kill the worker node while the run of `history` is short of `epochs`, start it again once Ray has marked it
+    dead, and check that the driver finished with every epoch once and the epochs finished before the loss kept as
+    they were (the newest one's report may not have reached Train when the node died, so it may be redone)."""
+    cluster.kill_worker()
+    before = history_rows(history.read_text())
+    assert len(before) < epochs, "the run finished before the node was killed; make epochs longer"
+    cluster.probe("nodes", "--expect", cluster.head.ip, "--timeout", "120", timeout=200)  # death noticed
+    cluster.restart_worker()
+    driver.wait(timeout=600)
+    assert driver.returncode == 0, file_tail(log, 80)
+    after = history_rows(history.read_text())
+    assert epochs_of(after) == list(range(1, epochs + 1)), "every epoch exactly once"
+    kept = len(before) - 1
+    assert after[:kept] == before[:kept], "epochs finished before the failure are kept, not trained again"
+
+
 @contextmanager
 def driving(cluster: NetnsCluster, argv: list[str], log: Path) -> Iterator[subprocess.Popen]:
     """A driver on the head (RAY_ADDRESS set, as `ray start` users do), killed if the test leaves it running."""
@@ -204,17 +222,7 @@ def test_worker_node_killed_mid_run_recovers_from_last_checkpoint(cluster: Netns
     history = run_dir / "history.csv"
     with driving(cluster, argv, log) as driver:
         _wait_for(history, driver, log, lambda rows: len(rows) >= 2, "two epochs")
-        cluster.kill_worker()
-        before = history_rows(history.read_text())
-        assert len(before) < epochs, "the run finished before the node was killed; make epochs longer"
-        cluster.probe("nodes", "--expect", cluster.head.ip, "--timeout", "120", timeout=200)  # death noticed
-        cluster.restart_worker()
-        driver.wait(timeout=480)
-    assert driver.returncode == 0, file_tail(log, 80)
-    after = history_rows(history.read_text())
-    assert epochs_of(after) == list(range(1, epochs + 1)), "every epoch exactly once"
-    kept = len(before) - 1
-    assert after[:kept] == before[:kept], "epochs finished before the failure are kept, not trained again"
+        _lose_and_restart_worker_node(cluster, driver, log, history, epochs)
     ips = json.loads((run_dir / "workers.json").read_text())["worker_ips"]
     assert sorted(ips) == [cluster.head.ip, cluster.worker.ip], "the restarted node hosts a worker again"
 
@@ -340,18 +348,6 @@ def test_folds_train_side_by_side_on_both_nodes_and_a_killed_fold_finishes(clust
             assert driver.poll() is None, f"run ended before a fold trained on the worker node:\n{file_tail(log)}"
             assert time.monotonic() < deadline, f"no fold on both nodes in 300 s ({places}):\n{file_tail(log)}"
             time.sleep(0.2)
-        killed = on_worker[0]
-        history = run_dir / f"fold-{killed}" / "history.csv"
-        cluster.kill_worker()
-        before = history_rows(history.read_text())
-        assert len(before) < epochs, "the fold finished before the node was killed; make epochs longer"
-        cluster.probe("nodes", "--expect", cluster.head.ip, "--timeout", "120", timeout=200)
-        cluster.restart_worker()
-        driver.wait(timeout=600)
-    assert driver.returncode == 0, file_tail(log, 80)
-    after = history_rows(history.read_text())
-    assert epochs_of(after) == list(range(1, epochs + 1)), "every epoch of the killed fold exactly once"
-    kept = len(before) - 1  # the newest epoch's checkpoint may not have been written when the node died
-    assert after[:kept] == before[:kept], "the killed fold's finished epochs are kept, not trained again"
+        _lose_and_restart_worker_node(cluster, driver, log, run_dir / f"fold-{on_worker[0]}" / "history.csv", epochs)
     summary = json.loads((run_dir / "cv.json").read_text())
     assert summary["k"] == 4 and summary["oof"]["images"] == 24 and summary["val"]["images"] == 4
