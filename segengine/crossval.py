@@ -31,6 +31,7 @@ from segengine.inference.ensemble import EnsemblePredictor, choose_decision
 from segengine.inference.evaluation import evaluate_predictor
 from segengine.inference.predictor import Predictor
 from segengine.manifest import ENSEMBLE_FILE, Decision, EnsembleFile
+from segengine.metrics import scores_from_confusion
 from segengine.planning import Plan
 from segengine.runprep import FOLDS_FILE, PreparedRun, RunError, fold_lists, prepare, save_config
 from segengine.search_config import FifoScheduler, SearchConfig, Searcher, TrialResources
@@ -194,16 +195,10 @@ def _score_val(prep: PreparedRun, members: list[Predictor], decision: Decision, 
                               verbose=False)
 
 
-def _iou(cm: np.ndarray) -> np.ndarray:
-    tp = np.diag(cm).astype(np.float64)
-    union = cm.sum(axis=0) + cm.sum(axis=1) - tp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union > 0, tp / union, np.nan)
-
-
 def _cv_summary(prep: PreparedRun, folds: list[list[str]], oof, decision: Decision, val) -> dict[str, Any]:
     names = list(prep.meta.classes)
-    per_fold = np.stack([_iou(oof.groups[i].confusion) for i in range(len(folds))])
+    per_fold = np.stack([list(scores_from_confusion(oof.groups[i].confusion)["iou"].values())
+                         for i in range(len(folds))])
     fold_miou = np.nanmean(per_fold, axis=1)
     best = {i: finished(prep.run_dir, i) for i in range(len(folds))}
 
