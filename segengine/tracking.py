@@ -219,8 +219,13 @@ class EpochLogger:
             self.mlflow = self.wandb = None
 
     def close(self) -> None:
+        """The W&B run finished and written: a Ray worker's process may be ended as soon as this returns, and W&B's
+        service, which exits with it, writes a run's last records only when it has read the finish message."""
         if self.wandb is not None:
+            import wandb
+
             self.wandb.finish()
+            wandb.teardown()
 
 
 def finish_run(target: Target | None, run_dir: str, best_checkpoint: str | None, status: str) -> None:
@@ -292,14 +297,32 @@ def tune_callbacks(cfg: TrainConfig, search_name: str, search_dir: str) -> list[
     if "wandb" in tracking:
         settings = tracking["wandb"]
         _import("wandb")
-        from ray.air.integrations.wandb import WandbLoggerCallback
-
         mode = wandb_mode(settings)
         if mode != "online":
             os.environ.setdefault("WANDB_MODE", mode)  # Ray's callback asks for an API key unless it says so
         folder = _wandb_dir(settings, search_dir)
         os.makedirs(folder, exist_ok=True)
         extra = {"entity": settings["entity"]} if "entity" in settings else {}
-        callbacks.append(WandbLoggerCallback(project=settings.get("project") or search_name, group=search_name,
-                                             mode=mode, dir=folder, **extra))
+        callbacks.append(_wandb_callback()(project=settings.get("project") or search_name, group=search_name,
+                                           mode=mode, dir=folder, **extra))
     return callbacks
+
+
+def _wandb_callback() -> type:
+    """Ray's `WandbLoggerCallback` whose per-trial logging actor waits for W&B's service before it returns.
+
+    Ray kills a trial's logging actor as soon as its `wandb.finish()` returns, but W&B's service writes the run's
+    last records on a finish message it is only sent, not answered: the service, which exits with its parent,
+    sometimes died first and left an offline run file with nothing but its header (seen in a full test run).
+    `wandb.teardown()` waits for the service to close every run."""
+    from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
+
+    class FlushingLoggingActor(_WandbLoggingActor):
+        def run(self) -> None:
+            super().run()
+            self._wandb.teardown()  # as EpochLogger.close
+
+    class FlushingWandbLoggerCallback(WandbLoggerCallback):
+        _logger_actor_cls = FlushingLoggingActor
+
+    return FlushingWandbLoggerCallback
