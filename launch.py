@@ -177,6 +177,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, metavar="FILE.html", help="default: FOLDER/report.html")
     _add_plugin_flag(p)
 
+    p = sub.add_parser("serve", help="an HTTP endpoint and a page for a model, on Ray Serve",
+                       description="Serve MODEL (anything predict takes) until Ctrl-C: POST /v1/segment with an "
+                                   "image returns its mask (?output=mask|color|overlay|json|probs), GET /v1/model "
+                                   "describes the model, / is a page to try it. Loopback only unless --host says "
+                                   "otherwise, which needs --token-file.")
+    p.add_argument("model", metavar="MODEL", help="checkpoint, run, search or folds folder, A,B,C, or an .onnx file")
+    p.add_argument("--address", default=None, help="Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
+    count = p.add_mutually_exclusive_group()
+    count.add_argument("--replicas", type=int, default=1, metavar="N", help="model replicas (default 1)")
+    count.add_argument("--autoscale", type=int, nargs=2, metavar=("MIN", "MAX"),
+                       help="Serve's autoscaling between MIN and MAX replicas")
+    p.add_argument("--cpus-per-replica", type=float, default=1.0, metavar="N",
+                   help="CPUs each replica reserves, and its torch threads (default 1)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=int, default=4, metavar="N", help="requests batched per forward pass")
+    p.add_argument("--token-file", default=None, metavar="FILE",
+                   help="bearer token clients must send (required for a --host beyond loopback)")
+    p.add_argument("--max-bytes", type=int, default=32 * 2**20, metavar="N", help="request body limit (32 MiB)")
+    p.add_argument("--max-pixels", type=int, default=16 * 2**20, metavar="N",
+                   help="image size limit, checked from the header before decoding (16 Mpx)")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="S", help="seconds until a request gets a 503")
+    p.add_argument("--max-queued", type=int, default=64, metavar="N",
+                   help="requests waiting for the model beyond those in progress; more get a 503 at once")
+    p.add_argument("--device", default="auto", help="auto (a GPU per replica when the cluster has them), cpu")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                   help="bf16/fp16 autocast where the device computes it natively; --no-amp: fp32")
+    _add_plugin_flag(p)
+
     p = sub.add_parser("export", help="export a checkpoint to ONNX, TorchScript or safetensors")
     p.add_argument("checkpoint")
     p.add_argument("--format", choices=["onnx", "torchscript", "safetensors"], default="onnx",

@@ -250,7 +250,44 @@ def uncoloured(rgb: np.ndarray) -> np.ndarray | None:
 
 def read_image(path_or_uri: str, image_range: Sequence[tuple[float, float]] | None = None) -> np.ndarray:
     """H x W x C uint8 (C = 1 for grey, 3 for RGB, or what a TIFF holds); see `to_8bit` for deeper images."""
-    return to_8bit(image_values(read_bytes(path_or_uri), path_or_uri).values, image_range, path_or_uri)
+    return image_from_bytes(read_bytes(path_or_uri), path_or_uri, image_range)
+
+
+def image_from_bytes(data: bytes, source: str, image_range: Sequence[tuple[float, float]] | None = None
+                     ) -> np.ndarray:
+    """`read_image` of a file's bytes (an upload, a message): the same decoder training used."""
+    return to_8bit(image_values(data, source).values, image_range, source)
+
+
+# formats an image from outside (an HTTP upload) may be in: Pillow's other plugins include ones that run external
+# programs (EPS: Ghostscript) or are rarely meant as images
+SAFE_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP", "GIF", "PPM")
+
+
+def image_size(data: bytes, source: str, formats: Sequence[str] = SAFE_FORMATS) -> tuple[int, int]:
+    """(width, height) from the header alone, before any pixel is decoded, so a decompression bomb is refused
+    for its size; a file in none of `formats` is refused as not an image."""
+    if data[:4] in _TIFF_MAGIC:
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(io.BytesIO(data)) as tif:
+                page, shape = tif.pages[0], tif.series[0].shape
+                width, height = int(page.imagewidth), int(page.imagelength)
+        except (ValueError, TypeError, KeyError, IndexError, tifffile.TiffFileError) as exc:
+            raise DataError(f"{source}: unreadable TIFF header ({exc})") from None
+        if int(np.prod(shape)) > width * height * MAX_CHANNELS:  # what imread would decode: every page
+            raise DataError(f"{source}: a stack of shape {' x '.join(map(str, shape))}; give one 2D image per file")
+        return width, height
+    try:
+        with Image.open(io.BytesIO(data), formats=list(formats)) as picture:
+            return picture.size
+    except UnidentifiedImageError:
+        raise DataError(f"{source}: not an image in a format this accepts ({', '.join(formats)})") from None
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{source}: {exc}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{source}: unreadable image header ({exc})") from None
 
 
 def read_raw_label(path_or_uri: str, color: bool = False) -> np.ndarray:

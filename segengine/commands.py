@@ -228,3 +228,17 @@ def export(args: argparse.Namespace) -> int:
 
     run_export(args.checkpoint, args.format, args.out, plugin_refs=args.plugin)
     return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Until Ctrl-C; exit 0 when stopped."""
+    from segengine.serving.app import ServeLimits
+    from segengine.serving.run import Replicas, serve_model
+
+    replicas = Replicas(autoscale=tuple(args.autoscale)) if args.autoscale else Replicas(count=args.replicas)
+    limits = ServeLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels, timeout_s=args.timeout,
+                         max_queued=args.max_queued)
+    serve_model(args.model, address=args.address, replicas=replicas, host=args.host, port=args.port,
+                max_batch=args.max_batch, device=args.device, amp=args.amp, cpus_per_replica=args.cpus_per_replica,
+                token_file=args.token_file, plugin_refs=args.plugin or (), limits=limits)
+    return 0

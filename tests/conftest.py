@@ -7,6 +7,7 @@ exists, so HOME points at a throw-away folder before anything imports ray.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -68,3 +69,18 @@ def trained_run(ray_local, tmp_path_factory):
     storage = tmp_path_factory.mktemp("runs")
     summary = train(tiny_config(storage=str(storage), name="shared"))
     return summary
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium (Debian's package, which `make test` installs) driven by Playwright."""
+    chromium_path = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium_path).exists():
+        pytest.fail(f"no Chromium at {chromium_path}: `make test` installs it (.ci/browser-deps.sh, Debian's "
+                    "chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=chromium_path, headless=True, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()

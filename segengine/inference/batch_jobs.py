@@ -19,10 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from segengine import checkpoint as ckpt
-from segengine.inference.ensemble import EnsemblePredictor
 from segengine.inference.predictor import InferenceError, Predictor, progress_bar
-from segengine.manifest import Decision, Manifest
+from segengine.inference.shipping import ShippedPredictor, rebuild, ship
 
 Batch = dict[str, np.ndarray]
 Job = Callable[..., Batch]  # job(predictor, batch, **job_kwargs) -> rows, defined where it is used
@@ -32,7 +30,7 @@ class PredictorActor:
     """One Ray Data actor: a predictor (or an ensemble) rebuilt from the weights, then `job` on every batch it is
     given."""
 
-    def __init__(self, shipped: dict[str, Any], plugin_refs: list[str], options: dict[str, Any], job: Job,
+    def __init__(self, shipped: ShippedPredictor, plugin_refs: list[str], options: dict[str, Any], job: Job,
                  job_kwargs: dict[str, Any]) -> None:
         import ray
 
@@ -40,13 +38,7 @@ class PredictorActor:
 
         plugins.autoload()
         plugins.load_on_worker(plugin_refs)
-        members = []
-        for state, manifest in shipped["members"]:
-            manifest = Manifest.from_dict(manifest)  # it travels as plain JSON values
-            model = ckpt.model_from_manifest(manifest, ray.get(state) if isinstance(state, ray.ObjectRef) else state)
-            members.append(Predictor(model, manifest, **options))
-        self.predictor = (EnsemblePredictor(members, Decision(**shipped["decision"]), folds=shipped["folds"])
-                          if shipped["ensemble"] else members[0])
+        self.predictor = rebuild(shipped, options)
         self.job, self.job_kwargs = job, job_kwargs
         self.node = ray.util.get_node_ip_address()
 
@@ -163,10 +155,7 @@ def map_on_actors(predictor: Predictor, items: Sequence[dict[str, Any]], job: Jo
     started = time.perf_counter()
     with _ray_data_settings(), ray_session(address, refs):
         remote_args, actor_device = actor_resources(device, workers)
-        shipped = {"members": [(ray.put({k: v.detach().cpu() for k, v in m.model.state_dict().items()}),
-                                m.manifest.to_dict()) for m in predictor.members],
-                   "ensemble": isinstance(predictor, EnsemblePredictor),
-                   "decision": predictor.decision.model_dump(), "folds": getattr(predictor, "folds", None)}
+        shipped = ship(predictor)
         options = {"amp": predictor.amp, "device": actor_device, "batch_size": predictor.batch_size}
         per_call = max(1, min(predictor.batch_size, len(items) // (workers * 4)))  # >= 4 calls per actor
         dataset = ray.data.from_items(list(items), override_num_blocks=-(-len(items) // per_call)).map_batches(

@@ -78,7 +78,7 @@ def expand_inputs(inputs: Iterable[str]) -> tuple[list[str], list[tuple[str, str
     return unique, missing
 
 
-def _png(array: np.ndarray) -> bytes:
+def png_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     return buffer.getvalue()
@@ -139,7 +139,7 @@ def predict_batch(predictor: Predictor, batch: dict[str, np.ndarray], *, out: st
     for i, score in zip(readable, scores, strict=True):
         mask = predictor.decision.mask(score)
         for kind, array in render(images[i], mask, predictor.palette).items():
-            storage.write_bytes(storage.join(out, f"{stems[i]}_{kind}.png"), _png(array))
+            storage.write_bytes(storage.join(out, f"{stems[i]}_{kind}.png"), png_bytes(array))
         if probs:
             storage.write_bytes(storage.join(out, f"{stems[i]}_probs.npy"), npy_bytes(probabilities(score)))
         pixels = np.bincount(mask.ravel(), minlength=predictor.num_classes)[: predictor.num_classes]

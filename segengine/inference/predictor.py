@@ -191,12 +191,13 @@ class OnnxPredictor(Predictor):
     colours, input multiple, inference mode): no checkpoint, plugin or model code needed."""
 
     def __init__(self, path: str, mirror: bool | None = None, batch_size: int = BATCH,
-                 providers: Sequence[str] | None = None) -> None:
+                 providers: Sequence[str] | None = None, data: bytes | None = None) -> None:
+        """`data`: the file's bytes when they were read elsewhere (a Ray actor given them by `shipping`)."""
         import onnx
         import onnxruntime as ort
 
         try:
-            data = storage.read_bytes(path)
+            data = storage.read_bytes(path) if data is None else data
             proto = onnx.load_model_from_string(data)
         except Exception as exc:  # missing file, not an ONNX protobuf: many types, one line for the CLI
             raise InferenceError(f"{path}: cannot read an ONNX model ({one_line(exc)})") from None
@@ -209,6 +210,7 @@ class OnnxPredictor(Predictor):
         available = ort.get_available_providers()
         chosen = [p for p in (providers or ("CUDAExecutionProvider", "CPUExecutionProvider")) if p in available]
         self.session = ort.InferenceSession(data, providers=chosen or ["CPUExecutionProvider"])
+        self.onnx_bytes = data
         self.input_name = self.session.get_inputs()[0].name
         self.device = torch.device("cpu")  # inputs and outputs cross as numpy; onnxruntime places the compute
         self.amp = False

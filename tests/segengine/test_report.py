@@ -2,7 +2,6 @@
 console errors, no request leaves the file, every image decodes, the first screen shows the score, the curve and an
 overlay, the trials table sorts, and the page fits a phone's width. Screenshots are kept in .test-artifacts/."""
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,6 @@ from engine_helpers import REPO
 from launch import main
 
 DATA = "synth:seed=5,n_train=8,n_val=4,size=64"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO / ".test-artifacts"
 LAPTOP, PHONE = (1366, 768), (390, 844)
 
@@ -30,18 +28,6 @@ def reports(tmp_path_factory, ray_local):
         "scheduler": {"type": "fifo"}}))
     assert main(["tune", "--config", str(search), "--storage", str(storage), "--name", "search"]) == 0
     return {"run": storage / "run" / "report.html", "search": storage / "search" / "report.html"}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"no Chromium at {CHROMIUM}: `make test` installs it (.ci/browser-deps.sh, Debian's chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        yield chromium
-        chromium.close()
 
 
 def _open(browser, path: Path, size: tuple[int, int]):
