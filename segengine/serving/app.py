@@ -18,6 +18,7 @@ from importlib.resources import files
 from typing import Any
 
 import numpy as np
+import ray
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -99,6 +100,7 @@ class Segmenter:
         plugins.load_on_worker(plugin_refs)
         self.predictor = rebuild(shipped, options)
         self.segment.set_max_batch_size(max_batch)
+        self.node = ray.util.get_node_ip_address()
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.005)
     async def segment(self, jobs: list[tuple[np.ndarray, bool]]) -> list[tuple[np.ndarray, np.ndarray | None]]:
@@ -111,8 +113,10 @@ class Segmenter:
         decide = self.predictor.decision.mask
         return [(decide(s), probabilities(s) if want else None) for s, (_, want) in zip(scores, jobs, strict=True)]
 
-    async def __call__(self, image: np.ndarray, want_probs: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        return await self.segment((image, want_probs))
+    async def __call__(self, image: np.ndarray, want_probs: bool) -> tuple[np.ndarray, np.ndarray | None, str]:
+        """(mask, probabilities or None, the node this replica runs on)."""
+        mask, probs = await self.segment((image, want_probs))
+        return mask, probs, self.node
 
 
 app = FastAPI(title="unet-zoo segmentation", version="1", docs_url=None, redoc_url=None,
@@ -184,8 +188,10 @@ class Ingress:
         image = await asyncio.to_thread(self._decode, data)
         if output == "input":
             return Response(png_bytes(image[:, :, 0] if image.shape[2] == 1 else image), media_type=MEDIA["input"])
-        mask, probs = await self._predict(image, output == "probs")
-        return await asyncio.to_thread(self._encode, output, image, mask, probs)
+        mask, probs, node = await self._predict(image, output == "probs")
+        response = await asyncio.to_thread(self._encode, output, image, mask, probs, node)
+        response.headers["X-Replica-Node"] = node
+        return response
 
     async def _read_body(self, request: Request) -> bytes:
         """The image's bytes within the limit (refused by Content-Length before reading when it says more)."""
@@ -241,7 +247,7 @@ class Ingress:
         except DataError as exc:
             raise RequestError(422, str(exc)) from None
 
-    async def _predict(self, image: np.ndarray, want_probs: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    async def _predict(self, image: np.ndarray, want_probs: bool) -> tuple[np.ndarray, np.ndarray | None, str]:
         """The model deployment's answer, or a 503 that says why there is none (and when to retry)."""
         from ray.exceptions import RayActorError
         from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
@@ -259,12 +265,14 @@ class Ingress:
             raise RequestError(503, "the replica serving this request was lost; Serve starts another: retry",
                                retry) from None
 
-    def _encode(self, output: str, image: np.ndarray, mask: np.ndarray, probs: np.ndarray | None) -> Response:
+    def _encode(self, output: str, image: np.ndarray, mask: np.ndarray, probs: np.ndarray | None,
+                node: str) -> Response:
         if output == "json":
             counts = np.bincount(mask.ravel(), minlength=len(self.info.palette)) / mask.size
             shares = {c["name"]: round(float(counts[c["id"]]), 6) for c in self.info.values["classes"]}
             return JSONResponse({"width": int(mask.shape[1]), "height": int(mask.shape[0]), "class_shares": shares,
-                                 "model": self.info.values["model"], "encoder": self.info.values["encoder"]})
+                                 "model": self.info.values["model"], "encoder": self.info.values["encoder"],
+                                 "node": node})
         if output == "probs":
             return Response(npy_bytes(probs), media_type=MEDIA["probs"])
         if output == "mask":

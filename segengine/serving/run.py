@@ -135,8 +135,9 @@ def serve_model(model: str, *, address: str | None = None, replicas: Replicas = 
                                    device=device, amp=amp, cpus_per_replica=cpus_per_replica, limits=limits,
                                    token=token)
         quiet = {"log_level": "WARNING"}  # Serve's per-request and deployment INFO lines: its logs folder has them
-        serve.start(http_options={"host": host, "port": port, "request_timeout_s": limits.timeout_s + 30},
-                    logging_config=quiet)
+        # one proxy, on the head, at the address printed; it spreads requests over replicas on every node
+        serve.start(proxy_location="HeadOnly", logging_config=quiet,
+                    http_options={"host": host, "port": port, "request_timeout_s": limits.timeout_s + 30})
         started = time.perf_counter()
         serve.run(app, name=APP_NAME, route_prefix="/", logging_config=quiet)
         shown = f"[{host}]" if ":" in host else host

@@ -351,3 +351,58 @@ def test_folds_train_side_by_side_on_both_nodes_and_a_killed_fold_finishes(clust
         _lose_and_restart_worker_node(cluster, driver, log, run_dir / f"fold-{on_worker[0]}" / "history.csv", epochs)
     summary = json.loads((run_dir / "cv.json").read_text())
     assert summary["k"] == 4 and summary["oof"]["images"] == 24 and summary["val"]["images"] == 4
+
+
+SERVE_CLIENT = """
+import concurrent.futures, json, sys, time, requests
+url, token, image = sys.argv[1], open(sys.argv[2]).read().strip(), open(sys.argv[3], "rb").read()
+auth = {"Authorization": "Bearer " + token}
+deadline = time.monotonic() + 180
+while True:
+    try:
+        if requests.get(url + "/v1/model", headers=auth, timeout=5).ok:
+            break
+    except requests.RequestException:
+        pass
+    assert time.monotonic() < deadline, "no answer"
+    time.sleep(1)
+def one(_):
+    got = requests.post(url + "/v1/segment?output=json", data=image, headers=auth, timeout=60)
+    return got.status_code, got.json().get("node")
+with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    answers = list(pool.map(one, range(24)))
+no_token = requests.post(url + "/v1/segment", data=image, timeout=30).status_code
+print(json.dumps({"answers": answers, "no_token": no_token}))
+"""
+
+
+def test_serve_replicas_on_both_nodes_answer(cluster: NetnsCluster, tmp_path: Path):
+    """`serve --replicas 2` on the cluster (1 CPU per node: one replica per node), listening on the head's
+    address with a token: a client on the head gets answers from replicas on both nodes, none without the
+    token."""
+    made = subprocess.run([sys.executable, "launch.py", "train", "--data", SYNTH, "--input-size", "64", "64",
+                           "--epochs", "1", "--workers", "0", "--storage", str(tmp_path / "runs"), "--name", "s"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr[-3000:]
+    token = tmp_path / "token"
+    token.write_text("cluster-serve-token-0123456789")
+    image = tmp_path / "image.png"
+    Image.fromarray((np.random.default_rng(0).random((64, 80)) * 255).astype(np.uint8)).save(image)
+    client = tmp_path / "client.py"
+    client.write_text(SERVE_CLIENT)
+    log = tmp_path / "serve.log"
+    port = 8471
+    argv = ["python", "launch.py", "serve", str(tmp_path / "runs" / "s"), "--address", cluster.gcs_address,
+            "--replicas", "2", "--host", cluster.head.ip, "--port", str(port), "--token-file", str(token)]
+    with driving(cluster, argv, log) as driver:
+        proc = cluster.run(["python", str(client), f"http://{cluster.head.ip}:{port}", str(token), str(image)],
+                           timeout=400)
+        assert driver.poll() is None, file_tail(log)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + file_tail(log)
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert {status for status, _ in result["answers"]} == {200}, result
+        assert {node for _, node in result["answers"]} == {cluster.head.ip, cluster.worker.ip}, result
+        assert result["no_token"] == 401, result
+        driver.send_signal(2)  # Ctrl-C: the application is deleted, the cluster keeps running
+        driver.wait(timeout=60)
+    assert "stopped" in log.read_text(), file_tail(log)
