@@ -31,6 +31,7 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     (wheel,) = dist.glob("unet_zoo-*.whl")
     subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True, capture_output=True)
     assert (site / "tune_configs" / "default.yaml").is_file() and (site / "tune_configs" / "isbi.yaml").is_file()
+    assert (site / "segengine" / "serving" / "page.html").is_file()  # what `serve` answers at /
 
     env = {**os.environ, "PYTHONPATH": str(site), "UNET_ZOO_NO_AUTOLOAD": "1"}
 

@@ -279,3 +279,27 @@ def test_the_cli_serves_on_its_own_ray_and_stops_on_ctrl_c(ckpt, image):
     assert err.rstrip().endswith("stopped\ninterrupted"), err
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+
+
+def test_shipping_rebuilds_the_same_predictor_in_an_actor(ray_local, ckpt, image, tmp_path):
+    """What `serve`'s replicas (and the Ray Data actors) do: a checkpoint, an ensemble and an exported .onnx file,
+    shipped through the object store and rebuilt in a Ray actor, predict what they predict here."""
+    import ray
+
+    from segengine.inference import export, open_predictor
+    from segengine.inference.shipping import rebuild, ship
+
+    @ray.remote(num_cpus=1)
+    def masks_there(shipped, images):
+        predictor = rebuild(shipped, {"amp": False, "device": "cpu", "batch_size": 2})
+        return [predictor.predict_mask(i) for i in images], len(predictor.members)
+
+    onnx = tmp_path / "model.onnx"
+    export(ckpt, "onnx", str(onnx))
+    other = segdata.read_image(segdata.open_dataset(segdata.resolve_data(TINY_SYNTH)).samples("val")[1].image)
+    for model, members in ((ckpt, 1), (f"{ckpt},{ckpt}", 2), (str(onnx), 1)):
+        here = open_predictor(model, verbose=False, amp=False, device="cpu")
+        there, count = ray.get(masks_there.remote(ship(here), [image, other]))
+        assert count == members, model
+        for a, b in zip(there, (here.predict_mask(image), here.predict_mask(other)), strict=True):
+            assert np.array_equal(a, b), model
