@@ -91,3 +91,15 @@ class MetricAccumulator:
         scores["f_score"] = float(fscore)
         scores["loss"] = loss_sum / max(batches, 1.0)
         return scores
+
+
+def image_miou(label: np.ndarray, prediction: np.ndarray, num_classes: int) -> float:
+    """Mean IoU of one image over the classes in its label or prediction (ignored pixels left out)."""
+    known = label < num_classes
+    ious = []
+    for c in range(num_classes):
+        truth, predicted = (label == c) & known, (prediction == c) & known
+        union = int((truth | predicted).sum())
+        if union:
+            ious.append(int((truth & predicted).sum()) / union)
+    return float(np.mean(ious)) if ious else float("nan")

@@ -15,6 +15,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 import segdata
+from segengine.metrics import image_miou
 
 PREVIEW_IMAGES = 8
 TILE = 160  # pixels of a panel's longer side: a 4 x 8 sheet stays a few hundred kB
@@ -120,18 +121,6 @@ def sheet(rows: list[Image.Image], class_names: list[str], palette: np.ndarray) 
     return np.asarray(out)
 
 
-def _miou(label: np.ndarray, prediction: np.ndarray, num_classes: int) -> float:
-    """Mean IoU of one image over the classes in its label or prediction (ignored pixels left out)."""
-    known = label < num_classes
-    ious = []
-    for c in range(num_classes):
-        truth, predicted = (label == c) & known, (prediction == c) & known
-        union = int((truth | predicted).sum())
-        if union:
-            ious.append(int((truth & predicted).sum()) / union)
-    return float(np.mean(ious)) if ious else float("nan")
-
-
 class Previews:
     """Rank 0's previews for one run: the chosen positions of its validation shard, their predictions as the
     validation passes them, and the sheet rendered from them."""
@@ -160,7 +149,7 @@ class Previews:
     def render(self) -> np.ndarray | None:
         """The sheet of what was captured since the last call (None if nothing was)."""
         rows = [panel_row(image, label, prediction, self.palette,
-                          f"{self.names[p]}   mIoU {_miou(label, prediction, len(self.class_names)):.3f}")
+                          f"{self.names[p]}   mIoU {image_miou(label, prediction, len(self.class_names)):.3f}")
                 for p, (image, label, prediction) in sorted(self.captured.items())]
         self.captured = {}
         return sheet(rows, self.class_names, self.palette) if rows else None

@@ -33,6 +33,7 @@ from segengine import checkpoint, storage
 from segengine.inference.ensemble import open_predictor
 from segengine.inference.evaluation import iou_chart_png
 from segengine.inference.prediction import render
+from segengine.metrics import image_miou
 
 REPORT_FILE = "report.html"
 SCORED_IMAGES = 24  # val images the report's worst / best gallery scores (evenly spaced over the split)
@@ -172,11 +173,8 @@ def _gallery(best: str, config: dict[str, Any]) -> tuple[list[tuple[str, float, 
         image = predictor.read(samples[i].image)
         label = segdata.read_label(samples[i].label, folder.meta)
         mask = predictor.predict_mask(image)
-        known = label < predictor.num_classes
-        ious = [((mask == c) & (label == c) & known).sum() / u for c in range(predictor.num_classes)
-                if (u := (((mask == c) | (label == c)) & known).sum())]
-        truth = np.where(known, label, 0).astype(np.uint8)
-        scored.append((samples[i].name, float(np.mean(ious)) if ious else float("nan"),
+        truth = np.where(label < predictor.num_classes, label, 0).astype(np.uint8)
+        scored.append((samples[i].name, image_miou(label, mask, predictor.num_classes),
                        _png(render(image, mask, predictor.palette)["overlay"]),
                        _png(render(image, truth, predictor.palette)["overlay"])))
     scored.sort(key=lambda item: item[1] if math.isfinite(item[1]) else 2.0)

@@ -101,3 +101,13 @@ def test_accumulator_tutorial_f_score_and_loss():
     assert acc.cm.tolist() == [[2, 0, 0], [1, 0, 0], [0, 1, 0]]
     assert out["pixel_acc"] == pytest.approx(2 / 4)
     assert out["iou"]["x"] == pytest.approx(2 / 3) and out["iou"]["y"] == 0.0 and out["iou"]["z"] == 0.0
+
+
+def test_image_miou_scores_one_image_over_the_classes_it_shows():
+    from segengine.metrics import image_miou
+
+    label = np.array([[0, 0, 1, 1], [0, 0, 1, 255]], np.uint8)  # 255: ignored
+    prediction = np.array([[0, 0, 1, 0], [0, 0, 1, 1]], np.uint8)
+    # class 0: 4 of 5 pixels in the union; class 1: 2 of 3; class 2 in neither: not counted; the ignored pixel left out
+    assert image_miou(label, prediction, 3) == pytest.approx((4 / 5 + 2 / 3) / 2)
+    assert np.isnan(image_miou(np.full((2, 2), 255, np.uint8), prediction[:, :2], 3))
