@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from segengine.cluster import resolve_address
 from segengine.inference.ensemble import open_predictor
 from segengine.inference.predictor import BATCH, InferenceError
 
@@ -90,13 +91,20 @@ def build_app(model: str, *, plugin_refs: Sequence[str], replicas: Replicas, max
     import plugins
     from segengine.inference.batch_jobs import actor_resources
     from segengine.inference.shipping import ship
+    from segengine.ray_adapter import ResourceError, cluster_capacity
     from segengine.serving.app import Ingress, ModelInfo, Segmenter
 
     predictor = open_predictor(model, plugin_refs, verbose=True, amp=amp, device="cpu", batch_size=max_batch)
     refs = plugins.resolve_plugin_refs(list(plugin_refs))
+    starting = replicas.count if replicas.autoscale is None else max(replicas.autoscale[0], 1)
     resources, replica_device = actor_resources(device, 1)
-    if "num_cpus" in resources and "num_gpus" not in resources:
+    kind, each = ("GPU", 1.0) if "num_gpus" in resources else ("CPU", cpus_per_replica)
+    if kind == "CPU":
         resources = {"num_cpus": cpus_per_replica}
+    held = cluster_capacity()[kind]
+    if starting * each > held:  # Serve would wait for them forever
+        raise ResourceError(f"{starting} replica(s) x {each:g} {kind}: the cluster has {held:g} {kind}s; use fewer "
+                            "--replicas" + (" or --cpus-per-replica" if kind == "CPU" else ""))
     threads = max(1, int(cpus_per_replica))
     options = {"amp": amp, "device": replica_device, "batch_size": max(max_batch, BATCH)}
     segmenter = Segmenter.options(
@@ -120,7 +128,8 @@ def serve_model(model: str, *, address: str | None = None, replicas: Replicas = 
         raise ServeError(f"--autoscale {replicas.autoscale[0]} {replicas.autoscale[1]}: use MIN <= MAX, MAX >= 1")
     if replicas.autoscale is None and replicas.count < 1:
         raise ServeError(f"--replicas {replicas.count}: use 1 or more")
-    _check_port(host, port)
+    if resolve_address(address) is None:  # a Ray started here: its proxy listens on this machine
+        _check_port(host, port)
 
     from ray import serve
 
@@ -139,7 +148,11 @@ def serve_model(model: str, *, address: str | None = None, replicas: Replicas = 
         serve.start(proxy_location="HeadOnly", logging_config=quiet,
                     http_options={"host": host, "port": port, "request_timeout_s": limits.timeout_s + 30})
         started = time.perf_counter()
-        serve.run(app, name=APP_NAME, route_prefix="/", logging_config=quiet)
+        try:
+            serve.run(app, name=APP_NAME, route_prefix="/", logging_config=quiet)
+        except RuntimeError as exc:  # a replica that cannot start: Serve's message holds its traceback
+            first = next((line for line in reversed(str(exc).splitlines()) if line.strip()), str(exc))
+            raise ServeError(f"the model's replicas did not start: {first.strip()}") from None
         shown = f"[{host}]" if ":" in host else host
         scaling = f"autoscaling {replicas.autoscale[0]}-{replicas.autoscale[1]}" if replicas.autoscale else \
             str(replicas.count)

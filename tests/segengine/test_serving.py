@@ -171,6 +171,16 @@ def test_a_host_beyond_loopback_needs_a_token(tmp_path, capsys):
         read_token(str(short), "0.0.0.0")
 
 
+def test_more_replicas_than_the_cluster_holds_are_refused_at_once(ray_local, ckpt, capsys):
+    cpus = int(ray_local.cluster_resources()["CPU"])
+    started = time.perf_counter()
+    assert main(["serve", ckpt, "--replicas", str(cpus + 1), "--port", str(_free_port())]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"error: {cpus + 1} replica(s) x 1 CPU: the cluster has {cpus} CPUs; use fewer --replicas or "
+                       "--cpus-per-replica"), err
+    assert time.perf_counter() - started < 30
+
+
 def test_the_page_segments_an_upload_in_chromium(service, browser, image, tmp_path):
     upload = tmp_path / "cells.png"
     upload.write_bytes(_png(image[:, :, 0] if image.shape[2] == 1 else image))
