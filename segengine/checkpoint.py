@@ -160,10 +160,14 @@ def locate(path: str) -> str:
         best = json.loads(storage.read_text(best_json)).get("checkpoint")
         if best:
             return best
-    if storage.exists(storage.join(path, "config.yaml")):
+    config = storage.join(path, "config.yaml")
+    parent_config = storage.join(path.rstrip("/").rsplit("/", 1)[0], "config.yaml")
+    if not storage.exists(config) and storage.exists(parent_config) and list_complete(path):
+        config = parent_config  # a fold's run folder (fold-I/ of `train --folds`): the folds run's config
+    if storage.exists(config):
         import yaml
 
-        saved = yaml.safe_load(storage.read_text(storage.join(path, "config.yaml"))) or {}
+        saved = yaml.safe_load(storage.read_text(config)) or {}
         best = best_path(path, saved.get("metric", "val_miou"), saved.get("mode", "max"))
         if best:
             return best

@@ -62,6 +62,7 @@ def test_each_fold_validates_on_its_own_images_and_records_the_lists(folds_run):
         best = json.loads((run / f"fold-{index}" / "finished.json").read_text())["checkpoint"]
         manifest = checkpoint.read_manifest(best)
         assert manifest.fold.index == index and manifest.fold.folds == folds
+        assert checkpoint.locate(str(run / f"fold-{index}")) == best  # a fold's folder, as predict/serve take it
         history = (run / f"fold-{index}" / "history.csv").read_text().splitlines()
         assert len(history) == 1 + 3  # 3 epochs
     summary = (run / "fold-0" / "summary.json")
