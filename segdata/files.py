@@ -137,10 +137,12 @@ class StoredImage:
         return self.values.dtype.itemsize * 8
 
 
-def image_values(data: bytes, source: str) -> StoredImage:
+def image_values(data: bytes, source: str, untrusted: bool = False) -> StoredImage:
     """Decode an image file: TIFF through tifffile (any depth, any channel count; imported here, as only TIFFs need
-    it and it costs the CLI's start-up 0.14 s), the rest through Pillow."""
-    if data[:4] in _TIFF_MAGIC:
+    it and it costs the CLI's start-up 0.14 s), the rest through Pillow. `untrusted` (bytes from outside, checked
+    by `image_size` first): a compressed TIFF goes to Pillow, whose decoders stop at the declared size, while
+    tifffile's fallback codecs (without imagecodecs) inflate whatever a strip holds."""
+    if data[:4] in _TIFF_MAGIC and not (untrusted and _compressed_tiff(data)):
         import tifffile
 
         try:
@@ -253,10 +255,24 @@ def read_image(path_or_uri: str, image_range: Sequence[tuple[float, float]] | No
     return image_from_bytes(read_bytes(path_or_uri), path_or_uri, image_range)
 
 
-def image_from_bytes(data: bytes, source: str, image_range: Sequence[tuple[float, float]] | None = None
-                     ) -> np.ndarray:
+def image_from_bytes(data: bytes, source: str, image_range: Sequence[tuple[float, float]] | None = None,
+                     untrusted: bool = False) -> np.ndarray:
     """`read_image` of a file's bytes (an upload, a message): the same decoder training used."""
-    return to_8bit(image_values(data, source).values, image_range, source)
+    return to_8bit(image_values(data, source, untrusted).values, image_range, source)
+
+
+class ImageTooLarge(DataError):
+    """An image refused for its size alone (from its header)."""
+
+
+def _compressed_tiff(data: bytes) -> bool:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            return any(page.compression != 1 for page in tif.pages[:MAX_CHANNELS + 1])
+    except (ValueError, TypeError, KeyError, IndexError, tifffile.TiffFileError):
+        return True  # whatever it is, not for tifffile's fallbacks
 
 
 # formats an image from outside (an HTTP upload) may be in: Pillow's other plugins include ones that run external
@@ -272,12 +288,18 @@ def image_size(data: bytes, source: str, formats: Sequence[str] = SAFE_FORMATS) 
 
         try:
             with tifffile.TiffFile(io.BytesIO(data)) as tif:
+                if len(tif.pages[:MAX_CHANNELS + 1]) > MAX_CHANNELS:  # a stack (read lazily: not a million IFDs)
+                    raise DataError(f"{source}: a stack of more than {MAX_CHANNELS} pages; give one 2D image per "
+                                    "file")
                 page, shape = tif.pages[0], tif.series[0].shape
                 width, height = int(page.imagewidth), int(page.imagelength)
+                decoded = int(np.prod(shape)) * page.dtype.itemsize if page.dtype is not None else 0
         except (ValueError, TypeError, KeyError, IndexError, tifffile.TiffFileError) as exc:
             raise DataError(f"{source}: unreadable TIFF header ({exc})") from None
         if int(np.prod(shape)) > width * height * MAX_CHANNELS:  # what imread would decode: every page
             raise DataError(f"{source}: a stack of shape {' x '.join(map(str, shape))}; give one 2D image per file")
+        if decoded > width * height * MAX_CHANNELS * 4:  # deeper than 32 bits per sample
+            raise ImageTooLarge(f"{source}: {decoded} bytes once decoded for {width} x {height} pixels")
         return width, height
     try:
         with Image.open(io.BytesIO(data), formats=list(formats)) as picture:
@@ -285,7 +307,7 @@ def image_size(data: bytes, source: str, formats: Sequence[str] = SAFE_FORMATS) 
     except UnidentifiedImageError:
         raise DataError(f"{source}: not an image in a format this accepts ({', '.join(formats)})") from None
     except Image.DecompressionBombError as exc:
-        raise DataError(f"{source}: {exc}") from None
+        raise ImageTooLarge(f"{source}: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{source}: unreadable image header ({exc})") from None
 

@@ -25,14 +25,16 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 from starlette.exceptions import HTTPException
 
-from segdata.files import image_from_bytes, image_size, to_channels
+from segdata.files import ImageTooLarge, image_from_bytes, image_size, to_channels
 from segdata.meta import DataError
 from segengine.inference.prediction import png_bytes, render
 from segengine.inference.predictor import Predictor, npy_bytes, probabilities
 from segengine.inference.shipping import ShippedPredictor, rebuild
+from zoo._errors import one_line
 
 # what /v1/segment answers; `input` is the image as the model reads it (8-bit PNG, no prediction: for the page when
 # the browser cannot show the file itself, a TIFF)
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 OUTPUTS = ("mask", "color", "overlay", "json", "probs", "input")
 MEDIA = {"mask": "image/png", "color": "image/png", "overlay": "image/png", "json": "application/json",
          "probs": "application/x-npy", "input": "image/png"}
@@ -103,19 +105,35 @@ class Segmenter:
         self.node = ray.util.get_node_ip_address()
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.005)
-    async def segment(self, jobs: list[tuple[np.ndarray, bool]]) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    async def segment(self, jobs: list[tuple[np.ndarray, bool]]) -> list[Any]:
         """(mask, float16 probabilities if asked) per (image, want probabilities); the forward passes run in a
         thread so this replica's event loop keeps taking requests into the next batch."""
         return await asyncio.to_thread(self._segment, jobs)
 
-    def _segment(self, jobs: list[tuple[np.ndarray, bool]]) -> list[tuple[np.ndarray, np.ndarray | None]]:
-        scores = self.predictor.batch_scores([image for image, _ in jobs])
+    def _segment(self, jobs: list[tuple[np.ndarray, bool]]) -> list[Any]:
+        """Per job its answer, or the exception its image raised (a batch that fails is retried image by image, so
+        one bad image fails only its own request)."""
+        try:
+            scores = self.predictor.batch_scores([image for image, _ in jobs])
+        except Exception:
+            if len(jobs) == 1:
+                raise
+            return [self._one(job) for job in jobs]
         decide = self.predictor.decision.mask
         return [(decide(s), probabilities(s) if want else None) for s, (_, want) in zip(scores, jobs, strict=True)]
 
+    def _one(self, job: tuple[np.ndarray, bool]) -> Any:
+        try:
+            return self._segment([job])[0]
+        except Exception as exc:  # handed to its own request, which raises it
+            return exc
+
     async def __call__(self, image: np.ndarray, want_probs: bool) -> tuple[np.ndarray, np.ndarray | None, str]:
         """(mask, probabilities or None, the node this replica runs on)."""
-        mask, probs = await self.segment((image, want_probs))
+        answer = await self.segment((image, want_probs))
+        if isinstance(answer, Exception):
+            raise answer
+        mask, probs = answer
         return mask, probs, self.node
 
 
@@ -127,7 +145,8 @@ app = FastAPI(title="unet-zoo segmentation", version="1", docs_url=None, redoc_u
 @app.exception_handler(HTTPException)
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
     message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
-    return _error(exc.status_code, f"{request.method} {request.url.path}: {message}", getattr(exc, "headers", None))
+    path = "".join(c if c.isprintable() else "?" for c in request.url.path)[:200]
+    return _error(exc.status_code, f"{request.method} {path}: {message}", getattr(exc, "headers", None))
 
 
 @app.exception_handler(RequestValidationError)
@@ -142,7 +161,7 @@ async def _refused(request: Request, exc: RequestError) -> JSONResponse:
     return _error(exc.status, exc.message, exc.headers)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
+@serve.deployment(ray_actor_options={"num_cpus": 0})
 @serve.ingress(app)
 class Ingress:
     """The HTTP API and the page; validates and decodes, the `Segmenter` replicas predict."""
@@ -152,7 +171,13 @@ class Ingress:
         self.page = files("segengine.serving").joinpath("page.html").read_text(encoding="utf-8")
 
     def _authorize(self, request: Request) -> None:
+        """The token when there is one; without one (loopback), only requests addressed to a loopback name, so
+        that a web page whose name was rebound to 127.0.0.1 cannot use the API from a browser."""
         if self.token is None:
+            host = request.headers.get("host", "").rsplit(":", 1)[0].strip("[]").lower()
+            if host not in LOOPBACK_NAMES:
+                raise RequestError(403, f"Host {host!r}: this service answers requests to 127.0.0.1 or localhost only"
+                                        " (serve with --host and --token-file to answer others)")
             return
         given = request.headers.get("authorization", "")
         scheme, _, value = given.partition(" ")
@@ -162,7 +187,8 @@ class Ingress:
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page(self) -> HTMLResponse:
-        return HTMLResponse(self.page)
+        return HTMLResponse(self.page, headers={"Content-Security-Policy": "default-src 'self' blob: data:; "
+                                                "script-src 'unsafe-inline'; style-src 'unsafe-inline'"})
 
     @app.get("/healthz", summary="liveness: the ingress answers")
     async def healthz(self) -> dict[str, str]:
@@ -184,10 +210,14 @@ class Ingress:
         self._authorize(request)
         if output not in OUTPUTS:
             raise RequestError(400, f"output={output}: use one of {', '.join(OUTPUTS)}")
-        data = await self._read_body(request)
+        try:
+            data = await asyncio.wait_for(self._read_body(request), self.limits.timeout_s)
+        except TimeoutError:
+            raise RequestError(408, f"the body did not arrive within {self.limits.timeout_s:g} s") from None
         image = await asyncio.to_thread(self._decode, data)
-        if output == "input":
-            return Response(png_bytes(image[:, :, 0] if image.shape[2] == 1 else image), media_type=MEDIA["input"])
+        if output == "input":  # what a person sees: grey, or the first three channels
+            shown = image[:, :, 0] if image.shape[2] < 3 else np.ascontiguousarray(image[:, :, :3])
+            return Response(await asyncio.to_thread(png_bytes, shown), media_type=MEDIA["input"])
         mask, probs, node = await self._predict(image, output == "probs")
         response = await asyncio.to_thread(self._encode, output, image, mask, probs, node)
         response.headers["X-Replica-Node"] = node
@@ -197,7 +227,7 @@ class Ingress:
         """The image's bytes within the limit (refused by Content-Length before reading when it says more)."""
         limit = self.limits.max_bytes
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
             raise RequestError(413, f"{int(declared)} bytes: the limit is {limit} bytes per request")
         chunks, size = [], 0
         async for chunk in request.stream():
@@ -239,9 +269,15 @@ class Ingress:
             if width * height > self.limits.max_pixels:
                 raise RequestError(413, f"image of {width} x {height} = {width * height} pixels: the limit is "
                                         f"{self.limits.max_pixels} pixels")
-            image = image_from_bytes(data, "image", self.info.image_range)
+            image = image_from_bytes(data, "image", self.info.image_range, untrusted=True)
+        except ImageTooLarge as exc:
+            raise RequestError(413, str(exc)) from None
         except DataError as exc:
             raise RequestError(400, str(exc)) from None
+        except (RequestError, MemoryError):
+            raise
+        except Exception as exc:  # a decoder's own error on a malformed file (zlib, EXIF, ...): the file's fault
+            raise RequestError(400, f"image: unreadable ({type(exc).__name__})") from None
         try:
             return to_channels(image, self.info.in_channels, "image")
         except DataError as exc:
@@ -249,13 +285,15 @@ class Ingress:
 
     async def _predict(self, image: np.ndarray, want_probs: bool) -> tuple[np.ndarray, np.ndarray | None, str]:
         """The model deployment's answer, or a 503 that says why there is none (and when to retry)."""
-        from ray.exceptions import RayActorError
+        from ray.exceptions import RayActorError, RayTaskError
         from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
         retry = {"Retry-After": "1"}
+        response = self.segmenter.remote(image, want_probs)
         try:
-            return await asyncio.wait_for(self.segmenter.remote(image, want_probs), self.limits.timeout_s)
+            return await asyncio.wait_for(response, self.limits.timeout_s)
         except TimeoutError:
+            response.cancel()  # the replica drops it: its batch slot goes to requests still waiting
             raise RequestError(503, f"no answer from the model within {self.limits.timeout_s:g} s (busy, or a "
                                     "replica is starting): retry", retry) from None
         except BackPressureError:
@@ -264,6 +302,9 @@ class Ingress:
         except (RayActorError, DeploymentUnavailableError):
             raise RequestError(503, "the replica serving this request was lost; Serve starts another: retry",
                                retry) from None
+        except RayTaskError as exc:  # the model failed on this image: the server's fault, said in one line
+            cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc
+            raise RequestError(500, f"the model failed on this image: {one_line(cause)}") from None
 
     def _encode(self, output: str, image: np.ndarray, mask: np.ndarray, probs: np.ndarray | None,
                 node: str) -> Response:

@@ -65,8 +65,8 @@ def read_token(path: str | None, host: str) -> str | None:
         token = Path(path).read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
         raise ServeError(f"--token-file {path}: cannot read it ({exc.__class__.__name__})") from None
-    if len(token) < 16 or any(c.isspace() for c in token):
-        raise ServeError(f"--token-file {path}: the token must be one word of 16 or more characters "
+    if len(token) < 16 or not (token.isascii() and token.isprintable()) or " " in token:
+        raise ServeError(f"--token-file {path}: the token must be one word of 16 or more ASCII characters "
                          "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))' > FILE`)")
     return token
 
@@ -110,7 +110,9 @@ def build_app(model: str, *, plugin_refs: Sequence[str], replicas: Replicas, max
     segmenter = Segmenter.options(
         ray_actor_options=resources, max_ongoing_requests=2 * max_batch, max_queued_requests=limits.max_queued,
         **replicas.options(max_batch)).bind(ship(predictor), refs, options, threads, max_batch)
-    return Ingress.bind(segmenter, ModelInfo.of(predictor), limits, token), predictor
+    # the ingress waits on the model, so it holds more requests at once; beyond them the proxy answers 503
+    ingress = Ingress.options(max_ongoing_requests=2 * limits.max_queued, max_queued_requests=limits.max_queued)
+    return ingress.bind(segmenter, ModelInfo.of(predictor), limits, token), predictor
 
 
 def serve_model(model: str, *, address: str | None = None, replicas: Replicas = Replicas(), host: str = "127.0.0.1",
@@ -124,6 +126,10 @@ def serve_model(model: str, *, address: str | None = None, replicas: Replicas = 
     token = read_token(token_file, host)
     if max_batch < 1:
         raise ServeError(f"--max-batch {max_batch}: use 1 or more images per forward pass")
+    for flag, value in (("--max-bytes", limits.max_bytes), ("--max-pixels", limits.max_pixels),
+                        ("--timeout", limits.timeout_s), ("--max-queued", limits.max_queued)):
+        if value <= 0:
+            raise ServeError(f"{flag} {value:g}: use a positive number")
     if replicas.autoscale is not None and not 0 <= replicas.autoscale[0] <= replicas.autoscale[1] >= 1:
         raise ServeError(f"--autoscale {replicas.autoscale[0]} {replicas.autoscale[1]}: use MIN <= MAX, MAX >= 1")
     if replicas.autoscale is None and replicas.count < 1:
@@ -147,6 +153,7 @@ def serve_model(model: str, *, address: str | None = None, replicas: Replicas = 
         # one proxy, on the head, at the address printed; it spreads requests over replicas on every node
         serve.start(proxy_location="HeadOnly", logging_config=quiet,
                     http_options={"host": host, "port": port, "request_timeout_s": limits.timeout_s + 30})
+        _check_listening(host, port)
         started = time.perf_counter()
         try:
             serve.run(app, name=APP_NAME, route_prefix="/", logging_config=quiet)
@@ -172,6 +179,18 @@ def serve_model(model: str, *, address: str | None = None, replicas: Replicas = 
                 signal.signal(signal.SIGTERM, previous)
             serve.delete(APP_NAME)
             print("stopped", file=sys.stderr)
+
+
+def _check_listening(host: str, port: int) -> None:
+    """Serve already running on the cluster keeps its HTTP settings (serve.start only warns): refuse to deploy
+    behind a proxy that listens elsewhere than asked, beyond loopback without the token check this run expects."""
+    from ray.serve.context import _get_global_client
+
+    config = _get_global_client().http_config  # Ray 2.60 has no public getter for the running proxy's settings
+    if (config.host, config.port) != (host, port):
+        raise ServeError(f"Serve already runs on this cluster, its proxy at {config.host}:{config.port}, not "
+                         f"{host}:{port}: serve with --host {config.host} --port {config.port}, or stop it first "
+                         "(`serve shutdown` with the cluster's address)")
 
 
 def _stop_on_sigterm(stop: threading.Event) -> Any:
