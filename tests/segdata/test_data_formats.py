@@ -4,14 +4,18 @@ prefixes and suffixes, lossy JPEG masks, palette GIFs, 16-bit instance labels an
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 from segdata_helpers import blob_image, write_png
 
 import segdata
 from segdata.label_rules import LabelValues, infer_labels
+from segdata.meta import DataError
 
 
 def _jpeg(array: np.ndarray, quality: int = 75) -> bytes:
@@ -220,3 +224,33 @@ def test_channel_first_four_channel_tiffs_rgba_pngs_and_rotated_photos(tmp_path)
     assert stored.values.shape == (30, 20, 3) and "EXIF" in stored.notes[0]
     with pytest.raises(segdata.DataError, match="4 channel.*the model takes 3"):
         segdata.files.to_channels(image, 3, "x.tif")
+
+
+def _encoded(array: np.ndarray, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def test_image_size_reads_the_header_only_and_refuses_what_should_not_be_decoded():
+    """The gate for bytes from outside (`serve`): sizes from headers, stacks and other formats refused."""
+    from segdata.files import ImageTooLarge, image_from_bytes, image_size
+
+    grey = (np.arange(48 * 80) % 251).astype(np.uint8).reshape(48, 80)
+    assert image_size(_encoded(grey, "PNG"), "x") == (80, 48)
+    assert image_size(_encoded(np.dstack([grey] * 3), "JPEG"), "x") == (80, 48)
+    stack, tiff = io.BytesIO(), io.BytesIO()
+    tifffile.imwrite(tiff, grey, compression="zlib")
+    assert image_size(tiff.getvalue(), "x") == (80, 48)
+    # a compressed TIFF from outside goes through Pillow's bounded decoder, with the same pixels
+    assert np.array_equal(image_from_bytes(tiff.getvalue(), "x", untrusted=True)[:, :, 0], grey)
+    tifffile.imwrite(stack, np.zeros((40, 8, 8), np.uint8))  # 40 pages
+    with pytest.raises(DataError, match="a stack of more than 16 pages"):
+        image_size(stack.getvalue(), "x")
+    with pytest.raises(DataError, match="not an image in a format this accepts"):
+        image_size(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", "x")  # EPS: Ghostscript, never
+    ihdr = b"IHDR" + struct.pack(">IIBBBBB", 40000, 40000, 8, 0, 0, 0, 0)  # 1.6 Gpx declared, none given
+    bomb = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + \
+        struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
+    with pytest.raises(ImageTooLarge):
+        image_size(bomb, "x")
