@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+import plugins
 import zoo
 from segengine.losses import SegmentationLoss
 from segengine.precision import Precision
@@ -100,6 +101,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--encoders", default=",".join(RECIPES))
     args = parser.parse_args()
+    plugins.autoload()  # timm-*, smp-*
     torch.set_num_threads(1)
     precision = Precision(torch.device("cpu"), amp=True)
     hz, where = clock_hz()
