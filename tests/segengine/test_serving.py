@@ -253,7 +253,7 @@ def _replica_pid() -> int:
     return alive[0].pid
 
 
-def test_a_killed_replica_costs_503s_then_serving_resumes(service, image):
+def test_a_killed_replica_is_replaced_and_serving_resumes(service, image):
     body = _png(image[:, :, 0] if image.shape[2] == 1 else image)
     statuses: list[tuple[float, int]] = []
     killed_at: list[float] = []
@@ -267,7 +267,8 @@ def test_a_killed_replica_costs_503s_then_serving_resumes(service, image):
     with ThreadPoolExecutor(4) as pool:
         clients = [pool.submit(client) for _ in range(4)]
         time.sleep(2)
-        os.kill(_replica_pid(), signal.SIGKILL)
+        old_pid = _replica_pid()
+        os.kill(old_pid, signal.SIGKILL)
         killed_at.append(time.monotonic())
         deadline = killed_at[0] + 60
         while time.monotonic() < deadline and not any(t > killed_at[0] + 1 and s == 200 for t, s in statuses):
@@ -276,11 +277,12 @@ def test_a_killed_replica_costs_503s_then_serving_resumes(service, image):
         for future in clients:
             future.result()
     after = [(t - killed_at[0], s) for t, s in statuses if t > killed_at[0]]
+    # the requests the dead replica held: a 503, or retried by Serve on the new replica; never a hang or a 500
     assert {s for _, s in statuses} <= {200, 503}, statuses
-    assert any(s == 503 for _, s in after), after  # requests in flight on the killed replica: 503, not a hang
     recovered = min((t for t, s in after if s == 200 and t > 1), default=None)
     assert recovered is not None and recovered < 30, after
     assert requests.post(f"{service}/v1/segment", data=body, headers=AUTH, timeout=30).status_code == 200
+    assert _replica_pid() != old_pid  # answered by the replica Serve started in its place
 
 
 def test_the_cli_serves_on_its_own_ray_and_stops_on_ctrl_c(ckpt, image):
