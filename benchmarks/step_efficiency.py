@@ -2,7 +2,7 @@
 the FLOPs of one step (forward + loss + backward, counted by `torch.utils.flop_counter.FlopCounterMode`: 2 per
 multiply-add of convolutions and matrix products), the step's time in the recipes' configuration (one thread, as a
 Ray Train worker with one CPU runs it; bf16 autocast and channels-last where the CPU computes bf16, else fp32;
-Adam), and the achieved FLOP/s against two ceilings of one core:
+training's AdamW), and the achieved FLOP/s against two ceilings of one core:
 
 - the **theoretical peak** of its precision: AMX (bf16) 1024 FLOP per cycle per core (a TDPBF16PS tile product
   is 16 x 16 x 32 multiply-adds, one per 16 cycles), AVX-512 fp32 64 (two 16-lane FMA units), times the clock
@@ -19,6 +19,7 @@ import re
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,8 +27,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import plugins
 import zoo
+from segengine.config import TrainConfig
 from segengine.losses import SegmentationLoss
 from segengine.precision import Precision
+from segengine.worker import build_optimizer
 
 # encoder: (recipe, crop, per-worker batch, input channels, classes, loss): tune_configs/*.yaml
 RECIPES = {
@@ -68,32 +71,49 @@ def attainable(precision: Precision, size: int = 2048, repeats: int = 5) -> floa
     return 2 * size**3 / statistics.median(times[1:])
 
 
-def step_cost(encoder: str, steps: int, precision: Precision) -> dict:
-    _, crop, batch, channels, classes, loss_name = RECIPES[encoder]
-    model = precision.model(zoo.create_model(encoder, num_classes=classes, in_channels=channels)).train()
-    loss_fn = SegmentationLoss(loss_name, classes)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    x = torch.rand(batch, channels, crop, crop)
-    y = torch.randint(0, classes, (batch, crop, crop))
+class TrainingStep:
+    """One optimizer step of `encoder` at its recipe's crop and per-worker batch as a training worker runs it
+    (bf16/channels-last per `precision`, the optimizer of `segengine.worker.build_optimizer`)."""
 
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with precision.autocast():
-            logits = model(precision.inputs(x))
-        loss_fn(logits.float(), y).backward()
-        optimizer.step()
+    def __init__(self, encoder: str, precision: Precision) -> None:
+        _, crop, batch, channels, classes, loss_name = RECIPES[encoder]
+        self.batch = batch
+        model = zoo.create_model(encoder, num_classes=classes, in_channels=channels).to(precision.device)
+        self.model = precision.model(model).train()
+        loss_fn = SegmentationLoss(loss_name, classes)
+        self.optimizer, _ = build_optimizer(self.model, TrainConfig(optimizer="adamw"), steps_per_epoch=1)
+        self.x = torch.rand(batch, channels, crop, crop, device=precision.device)
+        self.y = torch.randint(0, classes, (batch, crop, crop), device=precision.device)
+        self.loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = (
+            lambda x, y: loss_fn(precision.forward(self.model, x), y))
 
-    with FlopCounterMode(display=False) as counter:
-        step()
-    flops = counter.get_total_flops()
-    step()  # warm-up (oneDNN primitives built)
-    times = []
-    for _ in range(steps):
+    def __call__(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.loss(self.x, self.y).backward()
+        self.optimizer.step()
+
+
+def median_seconds(step: Callable[[], None], steps: int) -> float:
+    """Median wall time of `steps` calls after one warm-up call (oneDNN/cuDNN primitives built); on a GPU each
+    call is waited for."""
+    def timed() -> float:
         began = time.perf_counter()
         step()
-        times.append(time.perf_counter() - began)
-    seconds = statistics.median(times)
-    return {"flops": flops, "seconds": seconds, "crops_per_s": batch / seconds}
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter() - began
+
+    timed()
+    times = [timed() for _ in range(steps)]
+    return statistics.median(times)
+
+
+def step_cost(encoder: str, steps: int, precision: Precision) -> dict:
+    step = TrainingStep(encoder, precision)
+    with FlopCounterMode(display=False) as counter:
+        step()
+    seconds = median_seconds(step, steps)
+    return {"flops": counter.get_total_flops(), "seconds": seconds, "crops_per_s": step.batch / seconds}
 
 
 def main() -> None:

@@ -2,12 +2,13 @@
 
 One fixed list of pre-sampled learning rates (log-uniform, seeded) runs twice: under ASHA and with every trial to
 the maximum epochs (FIFO). Prints the fraction of trial-epochs ASHA used, the gap in the best metric, the
-start-up per trial (in-process trials vs Train-backed trials, 2 at once), and where a Train-backed trial's start-up
-goes: 2 trials of 2 workers x 1 CPU one at a time (the shape of a Train-backed `make tune`), split by Ray's
-timeline like `train_overhead.py` splits a Train run, from Tune's first call to the trial actor (the driver function
-starts there) to the worker function's first optimizer step.
+start-up per trial (in-process trials vs Train-backed trials, 2 at once), and the start-up of Train-backed trials
+of 2 workers x 1 CPU one at a time (a Train-backed FIFO search): 3 trials each in a fresh trial process, split by
+Ray's timeline like `train_overhead.py` splits a Train run (from Tune's first call to the trial actor, where the
+driver function starts, to the worker function's first optimizer step), then 3 trials where Tune reuses the
+first trial's process (what `segengine.tuning.factories.reuse_trial_actors` declines for Train-backed trials).
 
-    python benchmarks/tune_efficiency.py [--trials 8] [--epochs 16] [--grace 3] [--reduction 3]
+    python benchmarks/tune_efficiency.py [--trials 8] [--epochs 16] [--grace 3] [--reduction 3] [--startup-only]
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 from train_overhead import RAY_PHASES, actor_tasks, ray_phases  # the sibling script
 
 from segengine.config import TrainConfig
 from segengine.search_config import SearchConfig
+from segengine.tuning import run as tuning_run
 from segengine.tuning import tune_run
 
 
@@ -49,9 +52,12 @@ def trial_phases(rows: list[dict]) -> list[dict[str, float]]:
     out = []
     for row in rows:
         timings = json.loads((Path(row["run_dir"]) / "timings.json").read_text())
-        start = max(t for t in starts if t < timings["train_func"])
-        out.append({**ray_phases(start, timings["train_func"]),
-                    "worker fn to step": timings["first_step"] - timings["train_func"]})
+        before = [t for t in starts if t < timings["train_func"]]
+        try:
+            phases = ray_phases(max(before), timings["train_func"])
+        except (ValueError, StopIteration):  # some actor's task events had not reached Ray's timeline
+            continue
+        out.append({**phases, "worker fn to step": timings["first_step"] - timings["train_func"]})
     return out
 
 
@@ -61,6 +67,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=16)
     ap.add_argument("--grace", type=int, default=3, help="ASHA grace period (the synthetic set takes off after ~3)")
     ap.add_argument("--reduction", type=int, default=3, help="ASHA reduction factor")
+    ap.add_argument("--startup-only", action="store_true",
+                    help="only the Train-backed start-up: fresh trial processes against reused ones (FIFO)")
     a = ap.parse_args()
     from segengine.ray_adapter import ray_session
 
@@ -69,16 +77,24 @@ def main() -> None:
     train = TrainConfig(encoder="mini", data="synth", input_size=(64, 64), batch_size=8, epochs=a.epochs,
                         patience=100, seed=0)
     # the local Ray `launch.py tune` starts, with the same settings (segengine.ray_adapter.LOCAL_TRAIN_SETTINGS)
+    one = TrainConfig(**{**train.__dict__, "epochs": 1})
     with tempfile.TemporaryDirectory() as tmp, ray_session(None):
+        # 3 one-epoch trials of 2 workers x 1 CPU one at a time (a Train-backed FIFO search): each in a fresh trial
+        # process as searches run them (split by Ray's timeline), then with Tune reusing the first trial's process
+        fresh, _ = _search(one, lrs[:3], {"type": "fifo"}, tmp, "train-backed-2x1", workers_per_trial=2,
+                           max_concurrent=1)
+        phases = trial_phases(fresh["rows"])
+        with mock.patch.object(tuning_run, "reuse_trial_actors", lambda settings: True):
+            reused, _ = _search(one, lrs[:3], {"type": "fifo"}, tmp, "train-backed-2x1-reused",
+                                workers_per_trial=2, max_concurrent=1)
+        if a.startup_only:
+            print_startup(fresh, reused, phases)
+            return
         asha, asha_s = _search(train, lrs, {"type": "asha", "grace_period": a.grace,
                                                       "reduction_factor": a.reduction}, tmp, "asha")
         full, full_s = _search(train, lrs, {"type": "fifo"}, tmp, "full")
-        one = TrainConfig(**{**train.__dict__, "epochs": 1})
         train_backed, _ = _search(one, lrs[:4], {"type": "fifo"}, tmp, "train-backed", workers_per_trial=1)
         in_process, _ = _search(one, lrs[:4], {"type": "fifo"}, tmp, "in-process", workers_per_trial=0)
-        sequential, _ = _search(one, lrs[:2], {"type": "fifo"}, tmp, "train-backed-2x1", workers_per_trial=2,
-                                max_concurrent=1)
-        phases = trial_phases(sequential["rows"])
     metric = train.metric
     used = sum(r["epochs"] for r in asha["rows"])
     total = sum(r["epochs"] for r in full["rows"])
@@ -94,8 +110,21 @@ def main() -> None:
     for label, out in (("in-process trial", in_process), ("Train-backed trial (1 worker)", train_backed),
                        ("in-process, ASHA run", asha)):
         print(f"  {label:32} {statistics.median(r['startup_s'] for r in out['rows']):6.1f} s")
-    print("\nTrain-backed trial, 2 workers x 1 CPU, one at a time: start-up by Ray's timeline, seconds (median of "
-          f"{len(phases)} trials):")
+    print_startup(fresh, reused, phases)
+
+
+def print_startup(fresh: dict, reused: dict, phases: list[dict[str, float]]) -> None:
+    """The Train-backed start-up per trial, fresh trial processes against reused ones, and where it goes."""
+    print("\nTrain-backed trials, 2 workers x 1 CPU, one at a time (FIFO): start-up per trial (trial start to first "
+          "epoch start), seconds")
+    for label, out in (("fresh trial process", fresh), ("reused trial process", reused)):
+        startups = [r["startup_s"] for r in sorted(out["rows"], key=lambda r: r["trial"])]
+        print(f"  {label:22} " + "  ".join(f"{s:5.1f}" for s in startups)
+              + f"   later trials' median {statistics.median(startups[1:]):5.1f}")
+    if not phases:
+        print("\n  (Ray's timeline lacked some actor's task events: no split by phase this time)")
+        return
+    print(f"\n  fresh trials split by Ray's timeline (median of {len(phases)} trials):")
     print("  " + " ".join(f"{label:>17}" for label, _ in TRIAL_PHASES) + f" {'total':>7}")
     medians = {label: statistics.median(p[label] for p in phases) for label, _ in TRIAL_PHASES}
     print("  " + " ".join(f"{medians[label]:17.2f}" for label, _ in TRIAL_PHASES)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from . import _layers
 from ._layers import ConvBlock
 
 
@@ -53,8 +53,8 @@ class UNetDecoder(nn.Module):
         x = features[-1]
         for block, skip in zip(self.skip_blocks, reversed(features[:-1]), strict=True):
             if x.shape[-2:] != skip.shape[-2:]:
-                x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
+                x = _layers.upsample_nearest(x, size=skip.shape[-2:])
             x = block(torch.cat([x, skip], dim=1))
         for factor, block in zip(self.up_factors, self.up_blocks, strict=True):
-            x = block(F.interpolate(x, scale_factor=factor, mode="nearest"))
+            x = block(_layers.upsample_nearest(x, scale_factor=factor))
         return self.head(x)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ._keras import glorot_init_
+from ._layers import NearestUpsample
 from ._registry import get_spec, register_encoder
 from ._spec import TUTORIAL
 from .model import SegmentationModel
@@ -38,7 +39,7 @@ class MiniEncoder(nn.Module):
 class MiniDecoder(nn.Module):
     def __init__(self, num_classes: int) -> None:
         super().__init__()
-        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.up = NearestUpsample(2)
         self.level2 = _level(128 + 64, 64)
         self.level1 = _level(64 + 32, 32)
         self.head = nn.Conv2d(32, num_classes, 1)

@@ -23,6 +23,7 @@ from torch import nn
 
 from ._errors import ZooError
 from ._keras import glorot_init_, keras_batch_norm
+from ._layers import NearestUpsample
 from ._registry import get_spec, register_encoder
 from ._spec import TUTORIAL
 from .model import SegmentationModel
@@ -137,7 +138,7 @@ class MobileNetUNetDecoder(nn.Module):
     def __init__(self, num_classes: int, feature_channels: tuple[int, ...]) -> None:
         super().__init__()
         c1, c2, c3, c4 = feature_channels
-        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.up = NearestUpsample(2)
         self.block4 = _conv_relu_bn(c4, 512)
         self.block3 = _conv_relu_bn(512 + c3, 256)
         self.block2 = _conv_relu_bn(256 + c2, 128)

@@ -55,6 +55,17 @@ def make_searcher(settings: SearchConfig, metric: str, mode: str, concurrent: in
                                            points_to_evaluate=[start] if start else None), max_concurrent=concurrent)
 
 
+def reuse_trial_actors(settings: SearchConfig) -> bool:
+    """Whether a finished trial's process runs the next trial (`TuneConfig.reuse_actors`): for in-process trials.
+
+    Not for Train-backed trials. It would not be faster: Tune starts the next trial's driver process (0 CPUs) while
+    the previous trial trains, so its imports are done by its turn (later trials start in 9.7 s fresh against
+    11.2 s reused, `benchmarks/tune_efficiency.py --startup-only`). And under ASHA or PBT Ray 2.60 keeps a stopped
+    trial's process for reuse with its `fit()` still running (Train V2 hears nothing of the stop): its workers
+    block on their next report holding their CPUs and the search hangs (docs/benchmarks.md, Tune)."""
+    return settings.resources.workers_per_trial == 0
+
+
 def plan_concurrency(settings: SearchConfig, capacity: dict[str, float], use_gpu: bool) -> tuple[dict, int]:
     """Trial resources and how many trials fit at once, so no trial waits forever for CPUs."""
     workers, cpus = settings.resources.workers_per_trial, settings.resources.cpus_per_worker

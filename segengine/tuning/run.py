@@ -15,7 +15,7 @@ from segengine.config import TrainConfig
 from segengine.planning import Plan
 from segengine.runprep import PreparedRun, RunError, fold_lists, prepare, save_config
 from segengine.search_config import SEARCH_FILE, SearchConfig
-from segengine.tuning.factories import make_scheduler, make_searcher, plan_concurrency
+from segengine.tuning.factories import make_scheduler, make_searcher, plan_concurrency, reuse_trial_actors
 from segengine.tuning.progress import ProgressLines, tune_output_off
 from segengine.tuning.results import finish
 from segengine.tuning.space import WEIGHT_LABEL, param_space, recipe_point, searched_columns
@@ -75,10 +75,8 @@ def _tuner(settings: SearchConfig, prep: PreparedRun, trainable, space: dict, ca
     return tune.Tuner(trainable, param_space=space, run_config=run_config, tune_config=tune.TuneConfig(
         metric=metric, mode=mode, num_samples=settings.samples, scheduler=make_scheduler(settings, space),
         search_alg=make_searcher(settings, metric, mode, concurrent, start), max_concurrent_trials=concurrent,
-        time_budget_s=settings.time_budget_s,
-        # in-process trials reuse their actor (no restart per trial); a Train-backed trial's actor cannot be reset
-        # after its trainer ran (Tune then waits forever), and starts in under a second anyway
-        reuse_actors=settings.resources.workers_per_trial == 0, trial_dirname_creator=lambda t: t.trial_id))
+        time_budget_s=settings.time_budget_s, reuse_actors=reuse_trial_actors(settings),
+        trial_dirname_creator=lambda t: t.trial_id))
 
 
 def tune_run(settings: SearchConfig, *, name: str | None, storage_root: str, address: str | None,

@@ -80,6 +80,30 @@ def test_optimizers(name):
     opt, _ = build_optimizer(model, TrainConfig(optimizer=name, weight_decay=1e-4), 1)
     expected = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[name]
     assert type(opt) is expected and opt.param_groups[0]["weight_decay"] == 1e-4
+    assert opt.param_groups[0]["fused"]  # one kernel over all tensors, not torch's per-tensor loop on CPU
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_the_fused_update_is_the_per_tensor_update(name):
+    """Fused is a speed-up only: three steps move the weights as torch's per-tensor loop does."""
+    torch.manual_seed(0)
+    fused_model = zoo.create_model("mini", 2, in_channels=1)
+    loop_model = zoo.create_model("mini", 2, in_channels=1)
+    loop_model.load_state_dict(fused_model.state_dict())
+    fused_model.eval(), loop_model.eval()  # no dropout: both see the same gradients (mini has no BatchNorm)
+    cfg = TrainConfig(optimizer=name, lr=1e-2, weight_decay=1e-2, momentum=0.9)
+    fused, _ = build_optimizer(fused_model, cfg, 1)
+    loop = (torch.optim.AdamW(loop_model.parameters(), lr=1e-2, weight_decay=1e-2, foreach=False) if name == "adamw"
+            else torch.optim.SGD(loop_model.parameters(), lr=1e-2, momentum=0.9, nesterov=True, weight_decay=1e-2,
+                                 foreach=False))
+    x = torch.rand(2, 1, 32, 32)
+    for _ in range(3):
+        for model, opt in ((fused_model, fused), (loop_model, loop)):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+    for a, b in zip(fused_model.parameters(), loop_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_bn_momentum_replaces_the_keras_default():

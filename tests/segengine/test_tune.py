@@ -1,6 +1,7 @@
 """`launch.py tune` on real Ray Tune: ASHA stops a bad trial, best.yaml trains, a killed driver resumes."""
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -108,10 +109,16 @@ def test_killed_driver_resumes_trials_from_their_checkpoints(tmp_path):
         assert len(lines) == 4 and lines[1] == first_epoch[name]
 
 
+def _trial_pids(tune_dir: Path) -> dict[str, int]:
+    """The process each trial's driver function ran in (Tune's own `pid` in every result)."""
+    return {r["trial"]: json.loads((tune_dir / r["trial"] / "result.json").read_text().splitlines()[0])["pid"]
+            for r in _rows(tune_dir)}
+
+
 def test_train_backed_trial_reports_every_epoch_and_its_checkpoint(ray_local, tmp_path):
     """workers_per_trial >= 1: each trial fits a TorchTrainer; metrics and the checkpoint path reach Tune; the
-    second trial starts after the first (a fresh trial actor: a reused one would wait forever); the checkpoints,
-    are complete and rebuild the model."""
+    second trial starts after the first, in a process of its own (a reused one would keep a stopped trial's
+    trainer running: `reuse_trial_actors`); the checkpoints are complete and rebuild the model."""
     from segengine.search_config import SearchConfig
     from segengine.tuning import tune_run
 
@@ -122,7 +129,8 @@ def test_train_backed_trial_reports_every_epoch_and_its_checkpoint(ray_local, tm
     for row in out["rows"]:
         assert row["status"] == "finished" and row["epochs"] == 2
         assert Path(row["run_dir"]).parent.name == "trials"  # the trial's TorchTrainer keeps its own run folder
-        assert (Path(row["run_dir"]) / "history.csv").exists()
+        assert len((Path(row["run_dir"]) / "history.csv").read_text().splitlines()) == 3  # its own 2 epochs
+    assert len(set(_trial_pids(tmp_path / "tb").values())) == 2
     from segengine import checkpoint
 
     assert checkpoint.is_complete(out["best_checkpoint"])

@@ -73,6 +73,28 @@ def test_generic_decoder_returns_the_input_resolution(channels, reductions, size
     assert decoder([extra, *features]).shape == (2, 4, size, size)
 
 
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+def test_upsample_nearest_is_interpolate_with_the_gradient_in_the_input_layout(layout):
+    """The decoders' upsampling: F.interpolate's numbers forward and back; the gradient it hands on (a channel
+    slice of a concatenation's, strided) comes back in the layout the forward had, which torch's CPU backward
+    otherwise turns into an NCHW copy of a channels-last map."""
+    from zoo._layers import upsample_nearest
+
+    x = torch.randn(2, 6, 5, 7).contiguous(memory_format=layout).requires_grad_(True)
+    reference = x.detach().clone().requires_grad_(True)
+    skip = torch.randn(2, 3, 10, 14).contiguous(memory_format=layout)
+    weight = torch.randn(2, 9, 10, 14)
+    ours = torch.cat([upsample_nearest(x, scale_factor=2), skip], dim=1)
+    theirs = torch.cat([torch.nn.functional.interpolate(reference, scale_factor=2, mode="nearest"), skip], dim=1)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    (ours * weight).sum().backward()
+    (theirs * weight).sum().backward()
+    torch.testing.assert_close(x.grad, reference.grad)
+    assert x.grad.is_contiguous(memory_format=layout)
+    with torch.no_grad():  # inference and export see plain interpolate
+        assert upsample_nearest(x, size=(9, 9)).grad_fn is None
+
+
 SMALL = [(32, 64), (64, 32)]  # the smallest non-square multiples of 32 keep VGG & co. quick on a CPU
 
 
