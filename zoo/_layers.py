@@ -38,7 +38,7 @@ def upsample_nearest(x: torch.Tensor, size: tuple[int, int] | None = None, scale
 
     A decoder concatenates the upsampled map with a skip, so the gradient reaching the upsampling is a channel
     slice of the concatenation's: strided in channels-last. torch's CPU `upsample_nearest2d_backward` makes it
-    NCHW-contiguous first, a transposing copy that took 5 % of a `unet` training step; handed the gradient
+    NCHW-contiguous first, a transposing copy that cost 5-9 % of a `unet` training step on CPU; handed the gradient
     channels-last-contiguous it copies rows instead (`benchmarks/step_speed.py`, "upsampling gradient layout").
     """
     y = F.interpolate(x, size=size, scale_factor=scale_factor, mode="nearest")
