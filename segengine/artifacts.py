@@ -78,7 +78,7 @@ class RunArtifacts:
                                          "worker_precision": [p["precision"] for p in places]})
 
     def write_json(self, name: str, info: dict[str, Any]) -> None:
-        (self.local / name).write_text(json.dumps(info, indent=2))
+        storage.write_bytes(str(self.local / name), json.dumps(info, indent=2).encode())
         self._sync()
 
     def epoch_done(self, history: list[dict[str, Any]], checkpoint_path: str | None, scores: dict) -> None:
@@ -97,7 +97,7 @@ class RunArtifacts:
                 tb.add_scalar(f"val_iou/{name}", iou, step)
         tb.flush()
         summary = {"epochs_done": step, "last": last, "latest_checkpoint": checkpoint_path}
-        (self.local / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        storage.write_bytes(str(self.local / "summary.json"), json.dumps(summary, indent=2, default=str).encode())
         self._sync()
 
     def write_validation(self, epoch: int, best: bool, scores: dict[str, Any]) -> None:
@@ -105,9 +105,9 @@ class RunArtifacts:
         validation.json, and validation_best.json for the best validation so far."""
         info = {"epoch": epoch, "classes": self.class_names, "confusion": scores["confusion"], "iou": scores["iou"]}
         text = json.dumps(info, indent=1)
-        (self.local / "validation.json").write_text(text)
+        storage.write_bytes(str(self.local / "validation.json"), text.encode())
         if best:
-            (self.local / "validation_best.json").write_text(text)
+            storage.write_bytes(str(self.local / "validation_best.json"), text.encode())
 
     def write_previews(self, image: np.ndarray, epoch: int, best: bool) -> None:
         """A validation's prediction previews (`segengine.previews`): previews/latest.png, previews/best.png when
@@ -116,9 +116,9 @@ class RunArtifacts:
         folder.mkdir(exist_ok=True)
         buffer = io.BytesIO()
         Image.fromarray(image).save(buffer, format="PNG")  # encoded once; optimize=True would cost 4x for 4 %
-        (folder / "latest.png").write_bytes(buffer.getvalue())
+        storage.write_bytes(str(folder / "latest.png"), buffer.getvalue())
         if best:
-            (folder / "best.png").write_bytes(buffer.getvalue())
+            storage.write_bytes(str(folder / "best.png"), buffer.getvalue())
         self._writer().add_image("previews", image, epoch, dataformats="HWC")
         self._sync()
 

@@ -155,23 +155,22 @@ def serve_model(model: str, *, address: str | None = None, replicas: Replicas = 
                     http_options={"host": host, "port": port, "request_timeout_s": limits.timeout_s + 30})
         _check_listening(host, port)
         started = time.perf_counter()
-        try:
-            serve.run(app, name=APP_NAME, route_prefix="/", logging_config=quiet)
-        except RuntimeError as exc:  # a replica that cannot start: Serve's message holds its traceback
-            first = next((line for line in reversed(str(exc).splitlines()) if line.strip()), str(exc))
-            raise ServeError(f"the model's replicas did not start: {first.strip()}") from None
-        shown = f"[{host}]" if ":" in host else host
-        scaling = f"autoscaling {replicas.autoscale[0]}-{replicas.autoscale[1]}" if replicas.autoscale else \
-            str(replicas.count)
-        print(f"serving   {predictor.path} ({predictor.description})\n"
-              f"at        http://{shown}:{port}/  (API: POST /v1/segment, GET /v1/model, /healthz, /openapi.json)\n"
-              f"replicas  {scaling}, "
-              f"batches of up to {max_batch}; ready in {time.perf_counter() - started:.1f} s; Ctrl-C stops",
-              file=sys.stderr, flush=True)
         previous = _stop_on_sigterm(stop)
-        if ready is not None:
-            ready.set()
-        try:
+        try:  # from here the application is deleted however this ends, Ctrl-C while it starts included
+            try:
+                serve.run(app, name=APP_NAME, route_prefix="/", logging_config=quiet)
+            except RuntimeError as exc:  # a replica that cannot start: Serve's message holds its traceback
+                first = next((line for line in reversed(str(exc).splitlines()) if line.strip()), str(exc))
+                raise ServeError(f"the model's replicas did not start: {first.strip()}") from None
+            shown = f"[{host}]" if ":" in host else host
+            scaling = f"autoscaling {replicas.autoscale[0]}-{replicas.autoscale[1]}" if replicas.autoscale else \
+                str(replicas.count)
+            print(f"serving   {predictor.path} ({predictor.description})\n"
+                  f"at        http://{shown}:{port}/  (API: POST /v1/segment, GET /v1/model, /healthz, "
+                  f"/openapi.json)\nreplicas  {scaling}, batches of up to {max_batch}; ready in "
+                  f"{time.perf_counter() - started:.1f} s; Ctrl-C stops", file=sys.stderr, flush=True)
+            if ready is not None:
+                ready.set()
             while not stop.wait(0.5):
                 pass
         finally:
